@@ -1,0 +1,43 @@
+"""keras-dpn: Dilation Pyramid Net pose estimation for Keras 3 / TensorFlow."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (HERE / "keras_dpn" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="keras-dpn",
+    version=VERSION,
+    description="Dilation Pyramid Net (DPN) human pose estimation for Keras 3 / TensorFlow",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["keras_dpn", "keras_dpn.*"]),
+    include_package_data=True,
+    install_requires=[
+        # tensorflow-addons is deliberately absent: it is end-of-life and fails
+        # to import on TF 2.21; affine warps use tf.raw_ops.ImageProjectiveTransformV3.
+        "tensorflow==2.21.*",
+        "keras>=3.15",
+        "numpy",
+        "pycocotools",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+        "scipy",
+        "h5py",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout"],
+        "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
+        # tfmot works only through tf_keras; keras_dpn.qat imports it lazily,
+        # in its own process, so the rest of the package never sees tf_keras.
+        "qat": ["tensorflow-model-optimization", "tf-keras==2.21.*"],
+    },
+    entry_points={"console_scripts": ["keras-dpn=keras_dpn.cli:main"]},
+)
