@@ -11,5 +11,14 @@ __version__ = "0.1.0"
 from keras_dpn import keypoints, layers
 from keras_dpn.keypoints import COCO_17, MPII_16, KeypointSpec, get_keypoint_spec
 from keras_dpn.layers import Bottleneck, DilationPyramidModule
+from keras_dpn import codec, transforms
+from keras_dpn.codec import HeatmapCodec, flip_back
+# Deployment: inference.py imports LiteRT / ONNX Runtime only when such a file is
+# loaded; export.py imports TF / tf2onnx lazily; qat.py (tfmot) is never imported here.
+from keras_dpn import export, inference
+from keras_dpn.inference import PoseEstimator, boxes_from_detections
 from keras_dpn.models import (DPN, DPN1_32, DPN1_64, DPN2_32, DPN2_64, DPN3_32,
                               DPN3_64, DPN4_32, DPN4_64)
+from keras_dpn import analysis, models, weights
+from keras_dpn.layers import BasicBlock
+from keras_dpn.models import MODELS, DPN2_HRNet, HRNetW32, get_model

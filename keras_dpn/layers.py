@@ -1,4 +1,4 @@
-"""Layers of the Dilation Pyramid Net.
+"""Layers of the Dilation Pyramid Net (and the HRNet peer).
 
 :class:`Bottleneck` is the ResNet bottleneck (1x1 reduce, 3x3, 1x1 expand,
 residual add) with an optional dilation on the 3x3 conv; the ResNet stages and
@@ -9,6 +9,8 @@ convolutions have dilations ``2**(N-1), ..., 2, 1`` (the paper's DPM). Because
 each rate halves, the union of sampled offsets covers every integer in
 ``[-(2**N - 1), 2**N - 1]``: a dense receptive field of ``(k-1)(2**N-1)+1``
 positions per axis with no gridding holes, at unchanged resolution.
+
+:class:`BasicBlock` is the two-conv ResNet block of HRNet's branches.
 
 Only Keras layers and ``keras.ops`` are used, so the layers run on the
 TensorFlow, JAX and PyTorch backends.
@@ -149,6 +151,72 @@ class Bottleneck(keras.layers.Layer):
         config.update(filters=self.filters, expansion=self.expansion,
                       kernel_size=self.kernel_size, strides=self.strides,
                       dilation_rate=self.dilation_rate)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dpn")
+class BasicBlock(keras.layers.Layer):
+    """ResNet basic block, the unit of HRNet's parallel branches.
+
+    ``kxk conv(filters, stride) -> BN -> ReLU -> kxk conv(filters) -> BN ->
+    (+ shortcut) -> ReLU``. The shortcut is the identity when shapes allow
+    it, else a 1x1 conv + BN.
+
+    Args:
+        filters: output channels.
+        kernel_size: size of both convs.
+        strides: stride of the first conv.
+
+    Example:
+    >>> import numpy as np
+    >>> BasicBlock(8)(np.zeros((1, 6, 4, 8), "float32")).shape
+    (1, 6, 4, 8)
+    """
+
+    def __init__(self, filters, kernel_size=3, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        d = self.dtype_policy
+        self.conv1 = _conv(self.filters, self.kernel_size, "conv1", d, strides=self.strides)
+        self.bn1 = _bn("bn1", d)
+        self.conv2 = _conv(self.filters, self.kernel_size, "conv2", d)
+        self.bn2 = _bn("bn2", d)
+        self.shortcut_conv = None
+        self.shortcut_bn = None
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.filters or self.strides != 1:
+            d = self.dtype_policy
+            self.shortcut_conv = _conv(self.filters, 1, "shortcut_conv", d, strides=self.strides)
+            self.shortcut_bn = _bn("shortcut_bn", d)
+            self.shortcut_conv.build(input_shape)
+            self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(input_shape))
+        self.conv1.build(input_shape)
+        shape = self.conv1.compute_output_shape(input_shape)
+        self.bn1.build(shape)
+        self.conv2.build(shape)
+        self.bn2.build(self.conv2.compute_output_shape(shape))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = keras.ops.relu(self.bn1(self.conv1(inputs), training=training))
+        x = self.bn2(self.conv2(x), training=training)
+        shortcut = inputs
+        if self.shortcut_conv is not None:
+            shortcut = self.shortcut_bn(self.shortcut_conv(inputs), training=training)
+        return keras.ops.relu(x + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        shape = list(self.conv1.compute_output_shape(input_shape))
+        shape[-1] = self.filters
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      strides=self.strides)
         return config
 
 

@@ -117,8 +117,10 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
     if isinstance(num_keypoints, bool) or not isinstance(num_keypoints, int) or num_keypoints < 1:
         raise ValueError(
             f"`num_keypoints` must be an int >= 1. Received: num_keypoints={num_keypoints!r}")
-    name = name or f"DPN{num_modules}_{width}"
-    weights_lib.validate_weights_argument(name, weights)
+    # Weights are registered per architecture, whatever the user names the model.
+    arch = f"DPN{num_modules}_{width}"
+    name = name or arch
+    weights_lib.validate_weights_argument(arch, weights)
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
     stride = output_stride(resolution)
@@ -144,19 +146,25 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
                                   dilation_schedule=dilation_schedule,
                                   kernel_size=kernel_size, name=f"dpm{i + 1}",
                                   dtype=dtype)(x)
-    if include_top:
-        if resolution == "medium":
-            x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample",
-                                          dtype=dtype)(x)
-        x = keras.layers.Conv2D(num_keypoints, 1, padding="same", name="heatmaps",
-                                dtype=dtype)(x)
-        # Heatmap values are small; keep the loss and the argmax in float32.
-        x = keras.layers.Activation("linear", dtype="float32", name="heatmaps_fp32")(x)
-
-    model = keras.Model(user_tensor if user_tensor is not None else inputs, x, name=name)
+    features = x
+    model_inputs = user_tensor if user_tensor is not None else inputs
+    if not include_top and weights is None:
+        return keras.Model(model_inputs, features, name=name)
+    # Weights files always hold the head: with include_top=False the full model
+    # is loaded and the feature extractor cut out of it (the layers are shared).
+    if resolution == "medium":
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample",
+                                      dtype=dtype)(x)
+    x = keras.layers.Conv2D(num_keypoints, 1, padding="same", name="heatmaps",
+                            dtype=dtype)(x)
+    # Heatmap values are small; keep the loss and the argmax in float32.
+    x = keras.layers.Activation("linear", dtype="float32", name="heatmaps_fp32")(x)
+    model = keras.Model(model_inputs, x, name=name)
     if weights is not None:
-        weights_lib.load_weights(model, weights, arch=name, num_keypoints=num_keypoints,
+        weights_lib.load_weights(model, weights, arch=arch, num_keypoints=num_keypoints,
                                  input_shape=input_shape)
+    if not include_top:
+        return keras.Model(model_inputs, features, name=name)
     return model
 
 

@@ -1,0 +1,132 @@
+"""Keras callbacks: COCO keypoint AP in the epoch logs.
+
+:class:`COCOEvaluationCallback` predicts the evaluation dataset (with the flip
+test), runs the COCO evaluation and writes ``val_AP``, ``val_AP50``,
+``val_AP75``, ``val_APm``, ``val_APl`` and ``val_AR`` into the epoch logs, so
+that every callback *after it* sees them: ``ModelCheckpoint(monitor="val_AP",
+mode="max")``, ``EarlyStopping(monitor="val_AP", mode="max")``, TensorBoard
+(which draws them under its validation run as ``epoch_AP`` ...), CSVLogger and
+the ``History`` that ``model.fit`` returns.
+
+**Order matters.** Keras calls ``on_epoch_end`` of the callbacks in the order
+of the ``callbacks=[...]`` list, all with the same logs dict; list this
+callback *before* ModelCheckpoint, EarlyStopping, TensorBoard and CSVLogger.
+Listed after them, they run before ``val_AP`` exists and warn that the
+monitored metric is not available. (``History`` and the progress bar are
+appended by Keras at the end, so they always see it.)
+"""
+
+import os
+
+import keras
+
+from keras_dpn.evaluation.coco import METRIC_NAMES, COCOEvaluator
+from keras_dpn.evaluation.predict import predict_coco
+from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+
+DEFAULT_LOGGED = ("AP", "AP50", "AP75", "APm", "APl", "AR")
+
+
+class COCOEvaluationCallback(keras.callbacks.Callback):
+    """Evaluates COCO keypoint AP every ``every`` epochs and logs ``val_AP`` etc.
+
+    Args:
+        eval_dataset: ``(images, meta)`` batches of person crops, e.g.
+            ``keras_dpn.data.build_dataset(pattern, training=False)``;
+            ``meta`` holds ``image_id``, ``center``, ``scale`` and ``score``.
+        annotation_file: COCO keypoint ground truth of the same images.
+        every: evaluate after every ``every``-th epoch (1: each epoch). The
+            last epoch of ``fit`` is always evaluated. On other epochs the
+            logs carry no ``val_AP`` (monitors skip those epochs with a
+            warning).
+        keypoint_spec: keypoint set (flip pairs, OKS sigmas).
+        codec: :class:`~keras_dpn.codec.HeatmapCodec`; by default built from
+            the model's input and output sizes.
+        flip_test: average with the flipped input's heatmaps (reference).
+        output_dir: where the results JSON is written (atomically); ``None``
+            writes none. Usually the training log folder.
+        results_name: file name in ``output_dir``; ``{epoch}`` (1-based) is
+            filled in, so ``"results_{epoch:03d}.json"`` keeps one per
+            evaluation while the default overwrites the last.
+        prefix: prefix of the log keys.
+        logged: which metrics go into the logs (of ``AP, AP50, AP75, APm,
+            APl, AR, AR50, AR75, ARm, ARl``).
+        rescore, vis_threshold, nms_threshold: see
+            :class:`~keras_dpn.evaluation.COCOEvaluator`.
+        steps: evaluate only this many batches (quick checks).
+        verbose: 1 shows a progress bar while predicting and a summary line.
+
+    Attributes:
+        history: list of ``(epoch, metrics dict)`` of every evaluation.
+        best: best AP so far (``-inf`` before the first evaluation).
+
+    Example:
+    >>> cb = COCOEvaluationCallback(val_ds, "person_keypoints_val2017.json",
+    ...                             output_dir="logs")  # doctest: +SKIP
+    >>> model.fit(train_ds, epochs=140, callbacks=[
+    ...     cb,  # first: the callbacks below read val_AP from the logs
+    ...     keras.callbacks.ModelCheckpoint("best.keras", monitor="val_AP", mode="max",
+    ...                                     save_best_only=True),
+    ...     keras.callbacks.TensorBoard("logs")])  # doctest: +SKIP
+    """
+
+    def __init__(self, eval_dataset, annotation_file, every=1, keypoint_spec=COCO_17,
+                 codec=None, flip_test=True, output_dir=None,
+                 results_name="keypoints_val_results.json", prefix="val_",
+                 logged=DEFAULT_LOGGED, rescore=True, vis_threshold=0.2, nms_threshold=0.9,
+                 steps=None, verbose=1):
+        super().__init__()
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}")
+        unknown = [m for m in logged if m not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(
+                f"`logged` may name only {list(METRIC_NAMES)}. Received: logged={logged!r}")
+        if eval_dataset is None:
+            raise ValueError("`eval_dataset` is required. Received: eval_dataset=None")
+        self.eval_dataset = eval_dataset
+        self.every = every
+        self.keypoint_spec = get_keypoint_spec(keypoint_spec)
+        self.codec = codec
+        self.flip_test = flip_test
+        self.results_name = results_name
+        self.prefix = prefix
+        self.logged = tuple(logged)
+        self.steps = steps
+        self.verbose = verbose
+        # Built now so that a wrong annotation path fails before training starts.
+        self.evaluator = COCOEvaluator(annotation_file, keypoint_spec=self.keypoint_spec,
+                                       output_dir=output_dir, rescore=rescore,
+                                       vis_threshold=vis_threshold, nms_threshold=nms_threshold)
+        self.history = []
+        self.best = float("-inf")
+
+    def _due(self, epoch):
+        last = (self.params or {}).get("epochs")
+        return (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 == last)
+
+    def evaluate(self, epoch=None):
+        """Runs prediction and COCO evaluation now; returns the metrics dict."""
+        results = predict_coco(self.model, self.eval_dataset, codec=self.codec,
+                               keypoint_spec=self.keypoint_spec, flip_test=self.flip_test,
+                               steps=self.steps, verbose=self.verbose)
+        self.evaluator.reset()
+        self.evaluator.results_name = self.results_name.format(
+            epoch=(epoch or 0) + 1)
+        self.evaluator.add_results(results)
+        return self.evaluator.evaluate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._due(epoch):
+            return
+        stats = self.evaluate(epoch)
+        self.history.append((epoch, stats))
+        self.best = max(self.best, stats["AP"])
+        if logs is not None:
+            for name in self.logged:
+                logs[self.prefix + name] = stats[name]
+        if self.verbose:
+            where = (f" -> {os.path.relpath(self.evaluator.results_file)}"
+                     if self.evaluator.results_file else "")
+            summary = " - ".join(f"{self.prefix}{k}: {stats[k]:.4f}" for k in self.logged)
+            print(f"Epoch {epoch + 1}: COCO keypoints {summary}{where}", flush=True)

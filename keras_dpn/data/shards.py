@@ -1,0 +1,351 @@
+"""TFRecord shard writer shared by the COCO and MPII builders.
+
+Work is split by shard: each worker process writes whole shards, so shards
+never interleave writes and a shard is either finished and renamed into place
+or absent. Every shard is written under a temporary name and renamed when
+complete (``io_utils.atomic_path``); a ``PREFIX-manifest.json`` listing every
+shard with its record and people counts and byte size is written last, so a
+killed build leaves no manifest and the reader refuses an incomplete set.
+
+Images and annotations that cannot be used are skipped and counted by
+reason; :func:`format_report` prints the counts with examples.
+"""
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import queue as queue_lib
+import re
+import time
+
+import numpy as np
+
+from keras_dpn import io_utils
+from keras_dpn.keypoints import get_keypoint_spec
+
+SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<total>\d{5})\.tfrecord$")
+MANIFEST_SUFFIX = "-manifest.json"
+
+# Reasons that drop an annotation or an image (counted and printed).
+SKIP_REASONS = {
+    "crowd": "crowd annotation",
+    "no_keypoints": "no labelled keypoints",
+    "not_person_category": "category without keypoints",
+    "annotation_for_unknown_image": "annotation names an image id not in `images`",
+    "non_finite_values": "NaN or infinite box/keypoint values",
+    "zero_area_box": "box of zero area after clipping to the image",
+    "box_outside_image": "box entirely outside the image",
+    "missing_image_file": "image file does not exist",
+    "corrupt_image": "image file cannot be decoded",
+    "people_in_skipped_images": "people lost with a skipped image",
+    "image_without_people_dropped": "image left without people (dropped by request)",
+}
+# Changes that keep the data but are worth knowing about.
+NOTE_REASONS = {
+    "joints_outside_image_set_invisible": "labelled joints outside the image, marked invisible",
+    "image_size_differs_from_annotation": "decoded size differs from the annotation's; decoded used",
+    "reencoded_to_jpeg": "non-JPEG image re-encoded as JPEG (quality 95)",
+    "images_without_people_kept": "images without usable people kept (evaluation with detections)",
+}
+
+
+class SkipCounter:
+    """Counts skips by reason and keeps a few examples of each."""
+
+    def __init__(self, max_examples=5):
+        self.counts = collections.Counter()
+        self.examples = collections.defaultdict(list)
+        self.max_examples = max_examples
+
+    def add(self, reason, example=None, count=1):
+        self.counts[reason] += count
+        if example is not None and len(self.examples[reason]) < self.max_examples:
+            self.examples[reason].append(str(example))
+
+    def update(self, other):
+        for reason, n in other.counts.items():
+            self.counts[reason] += n
+            room = self.max_examples - len(self.examples[reason])
+            self.examples[reason].extend(other.examples.get(reason, [])[:max(room, 0)])
+
+    def to_dict(self):
+        return {r: {"count": n, "examples": self.examples.get(r, [])}
+                for r, n in sorted(self.counts.items())}
+
+    @classmethod
+    def from_dict(cls, d):
+        out = cls()
+        for r, v in d.items():
+            out.counts[r] = v["count"]
+            out.examples[r] = list(v["examples"])
+        return out
+
+
+def shard_name(prefix, index, total):
+    return f"{prefix}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def manifest_path(prefix):
+    return f"{prefix}{MANIFEST_SUFFIX}"
+
+
+def _is_jpeg(data):
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def _clean_person(person, height, width, skips, where):
+    """Clips the box to the image and checks it (the reference's ``clean_bbox``)."""
+    kp = np.asarray(person["keypoints"], np.float32)
+    x, y, w, h = (float(v) for v in person["bbox"])
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        skips.add("box_outside_image", where)
+        return None
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    area = float(person.get("area", w * h))
+    if area <= 0 or x2 - x1 <= 0 or y2 - y1 <= 0:
+        skips.add("zero_area_box", where)
+        return None
+    labelled = kp[:, 2] > 0
+    outside = labelled & ((kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] > width - 1)
+                          | (kp[:, 1] > height - 1))
+    if outside.any():
+        kp = kp.copy()
+        kp[outside, 2] = 0
+        skips.add("joints_outside_image_set_invisible", where, count=int(outside.sum()))
+    out = dict(person, keypoints=kp, bbox=[x1, y1, x2 - x1, y2 - y1], area=area)
+    return out
+
+
+def _encode_image(entry, skips, decode_jpeg):
+    """Reads and checks one image; returns (bytes, height, width) or None."""
+    where = f"{entry['filename']} (image id {entry['image_id']})"
+    path = entry["path"]
+    if not os.path.isfile(path):
+        skips.add("missing_image_file", f"{path} (image id {entry['image_id']})")
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    import tensorflow as tf
+    try:
+        if _is_jpeg(data):
+            shape = decode_jpeg(data).shape
+        else:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            data = tf.io.encode_jpeg(image, quality=95).numpy()
+            skips.add("reencoded_to_jpeg", where)
+            shape = image.shape
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError) as e:
+        skips.add("corrupt_image", f"{path} (image id {entry['image_id']}): "
+                                   f"{str(e).splitlines()[0][:120]}")
+        return None
+    height, width = int(shape[0]), int(shape[1])
+    if (entry.get("height"), entry.get("width")) != (height, width) and entry.get("height"):
+        skips.add("image_size_differs_from_annotation",
+                  f"{where}: annotation {entry.get('height')}x{entry.get('width')}, "
+                  f"file {height}x{width}")
+    return data, height, width
+
+
+def _serialize(entry, data, height, width, people, num_keypoints):
+    from keras_dpn.data.decoder import make_example
+    p = len(people)
+    has_center = p > 0 and people[0].get("center") is not None
+    ex = make_example(
+        data, entry["image_id"], entry["filename"], height, width,
+        bbox=np.array([q["bbox"] for q in people], np.float32).reshape(p, 4),
+        keypoints=np.array([q["keypoints"] for q in people], np.float32).reshape(p, num_keypoints, 3),
+        area=[q["area"] for q in people], iscrowd=[q.get("iscrowd", 0) for q in people],
+        person_id=[q["id"] for q in people],
+        center=[q["center"] for q in people] if has_center else None,
+        scale=[q["scale"] for q in people] if has_center else None)
+    return ex.SerializeToString()
+
+
+_PROGRESS = None
+
+
+def _init_worker(progress_queue):
+    global _PROGRESS
+    _PROGRESS = progress_queue
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _write_one_shard(job):
+    """Worker: writes one shard from its image entries; returns its summary."""
+    import tensorflow as tf
+    # The pipeline decodes with tf.io.decode_jpeg; checking with the same
+    # decoder is what guarantees a training run never meets a bad image.
+    decode_jpeg = lambda b: tf.io.decode_jpeg(b, channels=3)  # noqa: E731
+    skips = SkipCounter()
+    path, entries, num_keypoints, keep_empty = (job["path"], job["entries"],
+                                                job["num_keypoints"], job["keep_empty"])
+    records = people_count = 0
+    image_ids = []
+    with io_utils.atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for i, entry in enumerate(entries):
+                got = _encode_image(entry, skips, decode_jpeg)
+                if got is None:
+                    if entry["people"]:
+                        skips.add("people_in_skipped_images", count=len(entry["people"]))
+                else:
+                    data, height, width = got
+                    people = []
+                    for person in entry["people"]:
+                        where = (f"{entry['filename']} (image id {entry['image_id']}, "
+                                 f"person {person['id']})")
+                        cleaned = _clean_person(person, height, width, skips, where)
+                        if cleaned is not None:
+                            people.append(cleaned)
+                    if people or keep_empty:
+                        if not people:
+                            skips.add("images_without_people_kept",
+                                      f"{entry['filename']} (image id {entry['image_id']})")
+                        writer.write(_serialize(entry, data, height, width, people, num_keypoints))
+                        records += 1
+                        people_count += len(people)
+                        image_ids.append(int(entry["image_id"]))
+                    else:
+                        skips.add("image_without_people_dropped",
+                                  f"{entry['filename']} (image id {entry['image_id']})")
+                if _PROGRESS is not None:
+                    _PROGRESS.put(1)
+    return {"file": os.path.basename(path), "records": records, "people": people_count,
+            "bytes": os.path.getsize(path), "image_ids": image_ids, "skips": skips.to_dict()}
+
+
+def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers=2,
+                 keep_empty_images=True, reader_skips=None, source=None, progress=True):
+    """Writes image entries into ``PREFIX-00000-of-000NN.tfrecord`` shards.
+
+    Args:
+        entries: list of image dicts from :func:`keras_dpn.data.coco.read_coco`
+            or :func:`keras_dpn.data.mpii.read_mpii`.
+        output_prefix: path prefix of the shards (folders are created).
+        num_shards: number of shard files.
+        dataset: ``"coco"``, ``"mpii"`` or a ``KeypointSpec``.
+        num_workers: processes writing shards in parallel (1: in this process).
+        keep_empty_images: keep images whose people were all skipped (needed
+            to evaluate with detection boxes on every image).
+        reader_skips: the reader's ``SkipCounter``, merged into the report.
+        source: dict stored in the manifest (where the data came from).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The manifest dict (also written to ``PREFIX-manifest.json``).
+
+    Raises:
+        ValueError: no images, bad ``num_shards``, or nothing usable written.
+    """
+    spec = get_keypoint_spec(dataset)
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"`num_shards` must be a positive integer. Received: num_shards={num_shards!r}")
+    if not entries:
+        raise ValueError("No images to write: the annotation file lists no usable images. "
+                         f"Skips so far: {dict(reader_skips.counts) if reader_skips else {}}")
+    if num_shards > len(entries):
+        raise ValueError(f"`num_shards` ({num_shards}) exceeds the number of images "
+                         f"({len(entries)}); every shard must hold at least one image. "
+                         f"Received: num_shards={num_shards!r}")
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"`num_workers` must be a positive integer. Received: num_workers={num_workers!r}")
+    output_prefix = os.fspath(output_prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    # A stale manifest from an earlier build must not vouch for the new shards.
+    if os.path.exists(manifest_path(output_prefix)):
+        os.remove(manifest_path(output_prefix))
+    entries = sorted(entries, key=lambda e: e["image_id"])
+    jobs = [{"path": shard_name(output_prefix, i, num_shards),
+             # Round-robin keeps shards of equal size and mixes image ids.
+             "entries": entries[i::num_shards], "num_keypoints": spec.num_keypoints,
+             "keep_empty": keep_empty_images} for i in range(num_shards)]
+    start = time.time()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(entries), unit="img", desc=f"shards -> {os.path.basename(output_prefix)}")
+    workers = min(num_workers, num_shards)
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(_write_one_shard(job))
+            if bar is not None:
+                bar.update(len(job["entries"]))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # TF is not fork-safe
+        progress_queue = ctx.Manager().Queue()
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+            pending = pool.map_async(_write_one_shard, jobs, chunksize=1)
+            while True:
+                try:
+                    n = progress_queue.get(timeout=0.2)
+                    if bar is not None:
+                        bar.update(n)
+                except queue_lib.Empty:
+                    if pending.ready():
+                        break
+            results = pending.get()
+    if bar is not None:
+        bar.close()
+    skips = SkipCounter()
+    if reader_skips is not None:
+        skips.update(reader_skips)
+    for r in results:
+        skips.update(SkipCounter.from_dict(r.pop("skips")))
+    total_people = sum(r["people"] for r in results)
+    total_records = sum(r["records"] for r in results)
+    manifest = {
+        "format": "keras_dpn.tfrecord.v1",
+        "dataset": spec.name,
+        "num_keypoints": spec.num_keypoints,
+        "keypoint_names": list(spec.names),
+        "num_shards": num_shards,
+        "records": total_records,
+        "people": total_people,
+        "shards": results,
+        "skipped": {r: v for r, v in skips.to_dict().items() if r in SKIP_REASONS},
+        "notes": {r: v for r, v in skips.to_dict().items() if r not in SKIP_REASONS},
+        "source": source or {},
+        "seconds": round(time.time() - start, 2),
+    }
+    if total_records == 0 or total_people == 0:
+        for r in results:  # nothing usable: leave no shards that look like data
+            path = os.path.join(os.path.dirname(os.path.abspath(output_prefix)), r["file"])
+            if os.path.exists(path):
+                os.remove(path)
+        raise ValueError(
+            f"Empty result: no usable person in {len(entries)} images; no shards kept.\n"
+            + format_report(manifest))
+    with io_utils.atomic_file(manifest_path(output_prefix), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def format_report(manifest):
+    """Human-readable summary: shards, counts, skips by reason with examples."""
+    lines = [f"Wrote {manifest['records']} images / {manifest['people']} people "
+             f"({manifest['dataset']}, K={manifest['num_keypoints']}) into "
+             f"{manifest['num_shards']} shards in {manifest.get('seconds', 0):.1f} s."]
+    for title, group, names in (("Skipped", manifest["skipped"], SKIP_REASONS),
+                                ("Notes", manifest["notes"], NOTE_REASONS)):
+        if not group:
+            lines.append(f"{title}: none.")
+            continue
+        lines.append(f"{title}:")
+        for reason, v in group.items():
+            ex = "; ".join(v["examples"][:3])
+            lines.append(f"  {reason:38s} {v['count']:7d}  ({names.get(reason, '')})"
+                         + (f"\n      e.g. {ex}" if ex else ""))
+    return "\n".join(lines)
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,380 @@
+"""COCO keypoint evaluation (OKS AP with pycocotools), as the top-down reference.
+
+The evaluator collects one prediction per person box while the model runs
+(:meth:`COCOEvaluator.update`, per batch), and evaluates once at the end
+(:meth:`COCOEvaluator.evaluate`):
+
+1. **rescoring**: each person's score becomes the box score times the mean of
+   its keypoint scores above ``vis_threshold`` (0.2); 0 when none is above;
+2. **OKS-NMS** per image at ``nms_threshold`` (0.9), with the keypoint set's
+   OKS sigmas and the crop area (``scale_w * scale_h``, pixels) as the object
+   area, as the reference does;
+3. the results JSON is written atomically (``output_dir/results_name``);
+4. pycocotools ``COCOeval(..., "keypoints")`` gives AP, AP50, AP75, APm, APl,
+   AR, AR50, AR75, ARm, ARl.
+
+:meth:`COCOEvaluator.evaluate_results` runs step 4 alone on a ready list of
+COCO results, and gives exactly what pycocotools gives when called directly.
+
+Bad input:
+
+* results for image ids that are not in the annotation file: ``ValueError``
+  naming them (pycocotools only says "Results do not correspond to current
+  coco set");
+* no results at all: a ``UserWarning`` and every metric 0.0 (the results JSON
+  is still written, empty), so a monitor such as
+  ``ModelCheckpoint(monitor="val_AP")`` keeps working; an empty *dataset* is
+  an error earlier, in :func:`keras_dpn.evaluation.predict_coco`.
+"""
+
+import contextlib
+import copy
+import io
+import json
+import os
+import warnings
+
+import numpy as np
+
+from keras_dpn.io_utils import atomic_file
+from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+def _quiet(verbose):
+    """pycocotools prints as it goes; keep stdout clean unless asked."""
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def rescore(keypoints, box_scores, vis_threshold=0.2):
+    """Box score times the mean keypoint score over keypoints above ``vis_threshold``.
+
+    Args:
+        keypoints: ``(N, K, 3)`` with the keypoint scores in the last column.
+        box_scores: ``(N,)`` person box scores.
+        vis_threshold: keypoint scores at or below it are left out of the mean.
+
+    Returns:
+        float64 ``(N,)``; 0 for a person with no keypoint above the threshold.
+
+    Example:
+    >>> kp = np.zeros((1, 3, 3)); kp[0, :, 2] = [0.9, 0.1, 0.5]
+    >>> rescore(kp, [0.8]).round(4).tolist()
+    [0.56]
+    """
+    kp = np.asarray(keypoints, np.float64)
+    s = kp[..., 2]
+    above = s > vis_threshold
+    n = above.sum(axis=-1)
+    mean = np.where(n > 0, (s * above).sum(axis=-1) / np.maximum(n, 1), 0.0)
+    return mean * np.asarray(box_scores, np.float64).reshape(-1)
+
+
+def oks_iou(keypoints, others, area, other_areas, sigmas, vis_threshold=None):
+    """Object keypoint similarity of one pose with each of ``others``.
+
+    The COCO OKS with the mean of the two objects' areas as the scale. With
+    ``vis_threshold``, only joints whose score is above it in both poses
+    count (the reference's intent; it is off for OKS-NMS by default).
+
+    Args:
+        keypoints: ``(K, 3)`` (x, y, score).
+        others: ``(M, K, 3)``.
+        area: area of ``keypoints``' object.
+        other_areas: ``(M,)``.
+        sigmas: ``(K,)`` OKS sigmas.
+        vis_threshold: optional keypoint score threshold.
+
+    Returns:
+        float64 ``(M,)`` in [0, 1].
+
+    Example:
+    >>> k = np.array([[10.0, 10.0, 1.0], [20.0, 20.0, 1.0]])
+    >>> oks_iou(k, k[None], 100.0, [100.0], [0.1, 0.1]).tolist()
+    [1.0]
+    """
+    g = np.asarray(keypoints, np.float64)
+    d = np.asarray(others, np.float64).reshape(-1, g.shape[0], 3)
+    variances = (2.0 * np.asarray(sigmas, np.float64)) ** 2
+    scale = (area + np.asarray(other_areas, np.float64).reshape(-1)) / 2.0 + np.spacing(1)
+    sq = (d[..., 0] - g[:, 0]) ** 2 + (d[..., 1] - g[:, 1]) ** 2
+    e = sq / variances / scale[:, None] / 2.0
+    if vis_threshold is None:
+        return np.exp(-e).mean(axis=-1)
+    use = (g[:, 2] > vis_threshold)[None, :] & (d[..., 2] > vis_threshold)
+    n = use.sum(axis=-1)
+    return np.where(n > 0, (np.exp(-e) * use).sum(axis=-1) / np.maximum(n, 1), 0.0)
+
+
+def oks_nms(keypoints, scores, areas, threshold=0.9, sigmas=COCO_17.sigmas,
+            vis_threshold=None):
+    """Greedy non-maximum suppression by OKS (one image's poses).
+
+    Takes the best-scored pose, drops every remaining pose whose OKS with it
+    is above ``threshold``, and repeats.
+
+    Args:
+        keypoints: ``(N, K, 3)`` poses in image pixels.
+        scores: ``(N,)`` pose scores.
+        areas: ``(N,)`` object areas (pixels squared).
+        threshold: OKS above which a lower-scored pose is suppressed.
+        sigmas: ``(K,)`` OKS sigmas.
+        vis_threshold: see :func:`oks_iou`.
+
+    Returns:
+        Indices of the kept poses, best first.
+
+    Example:
+    >>> k = np.zeros((3, 2, 3)); k[2, :, :2] = 50.0
+    >>> oks_nms(k, [0.5, 0.9, 0.7], [100.0] * 3, sigmas=[0.1, 0.1])
+    [1, 2]
+    """
+    kp = np.asarray(keypoints, np.float64)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    areas = np.asarray(areas, np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        if not rest.size:
+            break
+        ovr = oks_iou(kp[i], kp[rest], areas[i], areas[rest], sigmas, vis_threshold)
+        order = rest[ovr <= threshold]
+    return keep
+
+
+def _to_builtin(x):
+    return np.asarray(x, np.float64).reshape(-1).tolist()
+
+
+class COCOEvaluator:
+    """Collects top-down predictions per batch; evaluates COCO keypoint AP once.
+
+    Args:
+        annotation_file: COCO keypoint annotation JSON (ground truth).
+        keypoint_spec: a :class:`~keras_dpn.keypoints.KeypointSpec` or its
+            name; its sigmas drive OKS-NMS and, when they differ from the
+            COCO ones, pycocotools' OKS too.
+        output_dir: where the results JSON goes (next to the training logs);
+            ``None`` writes nothing.
+        results_name: file name of the results JSON in ``output_dir``.
+        rescore: multiply box scores by the mean confident keypoint score.
+        vis_threshold: keypoint score threshold of the rescoring.
+        nms_threshold: OKS-NMS threshold; ``None`` turns OKS-NMS off.
+        nms_vis_threshold: keypoint score threshold inside OKS-NMS (``None``:
+            every joint counts, as the reference).
+        category_id: COCO category of the results (1, person).
+        verbose: print pycocotools' summary table.
+
+    Example:
+    >>> ev = COCOEvaluator("tests/data/coco/test_coco.json")  # doctest: +SKIP
+    >>> ev.update(image_ids, keypoints, centers, scales, box_scores)  # per batch  # doctest: +SKIP
+    >>> ev.evaluate()["AP"]  # doctest: +SKIP
+    """
+
+    def __init__(self, annotation_file, keypoint_spec=COCO_17, output_dir=None,
+                 results_name="keypoints_results.json", rescore=True, vis_threshold=0.2,
+                 nms_threshold=0.9, nms_vis_threshold=None, category_id=1, verbose=False):
+        annotation_file = os.fspath(annotation_file)
+        if not os.path.isfile(annotation_file):
+            raise ValueError(
+                "`annotation_file` must be an existing COCO annotation JSON. "
+                f"Received: annotation_file={annotation_file!r}")
+        if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(
+                f"`nms_threshold` must be in (0, 1] or None. Received: nms_threshold={nms_threshold!r}")
+        self.annotation_file = annotation_file
+        self.keypoint_spec = get_keypoint_spec(keypoint_spec)
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        self.results_name = results_name
+        self.rescore = bool(rescore)
+        self.vis_threshold = float(vis_threshold)
+        self.nms_threshold = nms_threshold
+        self.nms_vis_threshold = nms_vis_threshold
+        self.category_id = int(category_id)
+        self.verbose = verbose
+        self.results_file = None
+        self._coco = None
+        self.reset()
+
+    @property
+    def coco(self):
+        """The ground truth as a pycocotools ``COCO`` (loaded on first use)."""
+        if self._coco is None:
+            from pycocotools.coco import COCO
+            with _quiet(self.verbose):
+                self._coco = COCO(self.annotation_file)
+            self._check_keypoint_count()
+        return self._coco
+
+    def _check_keypoint_count(self):
+        cats = self._coco.loadCats(self._coco.getCatIds()) if self._coco.getCatIds() else []
+        for cat in cats:
+            if cat["id"] == self.category_id and "keypoints" in cat:
+                if len(cat["keypoints"]) != self.keypoint_spec.num_keypoints:
+                    raise ValueError(
+                        f"The annotation file's category {self.category_id} has "
+                        f"{len(cat['keypoints'])} keypoints but the keypoint spec "
+                        f"{self.keypoint_spec.name!r} has {self.keypoint_spec.num_keypoints}. "
+                        f"Received: annotation_file={self.annotation_file!r}")
+
+    def reset(self):
+        """Forgets every collected prediction."""
+        self._image_ids, self._keypoints = [], []
+        self._centers, self._scales, self._scores = [], [], []
+
+    def __len__(self):
+        return int(sum(len(x) for x in self._image_ids))
+
+    def update(self, image_ids, keypoints, centers, scales, scores):
+        """Adds one batch of per-box predictions.
+
+        Args:
+            image_ids: ``(B,)`` COCO image ids.
+            keypoints: ``(B, K, 3)`` (x, y, score) in original image pixels.
+            centers: ``(B, 2)`` crop centers (pixels).
+            scales: ``(B, 2)`` crop sizes (pixels; their product is the area
+                used by OKS-NMS).
+            scores: ``(B,)`` person box scores (1 for ground-truth boxes).
+        """
+        ids = np.asarray(image_ids).reshape(-1).astype(np.int64)
+        kp = np.asarray(keypoints, np.float64)
+        k = self.keypoint_spec.num_keypoints
+        b = ids.shape[0]
+        if kp.shape != (b, k, 3):
+            raise ValueError(
+                f"`keypoints` must be (batch, {k}, 3) for the {self.keypoint_spec.name!r} "
+                f"keypoint spec with batch {b}. Received: keypoints.shape={kp.shape}")
+        centers = np.asarray(centers, np.float64).reshape(b, 2)
+        scales = np.asarray(scales, np.float64).reshape(b, 2)
+        scores = np.asarray(scores, np.float64).reshape(b)
+        self._image_ids.append(ids)
+        self._keypoints.append(kp)
+        self._centers.append(centers)
+        self._scales.append(scales)
+        self._scores.append(scores)
+
+    def add_results(self, results):
+        """Adds predictions given as COCO-style dicts (the output of ``predict_coco``).
+
+        Each dict needs ``image_id``, ``keypoints`` (flat ``3K`` list),
+        ``score`` (the box score), ``center`` and ``scale`` (pixels).
+        """
+        if not results:
+            return
+        k = self.keypoint_spec.num_keypoints
+        self.update([r["image_id"] for r in results],
+                    np.array([np.asarray(r["keypoints"], np.float64).reshape(k, 3)
+                              for r in results]),
+                    [r["center"] for r in results], [r["scale"] for r in results],
+                    [r["score"] for r in results])
+
+    def postprocess(self):
+        """Rescoring and OKS-NMS of everything collected -> list of COCO results."""
+        if not self._image_ids:
+            return []
+        ids = np.concatenate(self._image_ids)
+        kp = np.concatenate(self._keypoints)
+        centers = np.concatenate(self._centers)
+        scales = np.concatenate(self._scales)
+        box_scores = np.concatenate(self._scores)
+        scores = rescore(kp, box_scores, self.vis_threshold) if self.rescore else box_scores
+        areas = scales[:, 0] * scales[:, 1]
+        results = []
+        for image_id in dict.fromkeys(ids.tolist()):  # first-seen order
+            idx = np.flatnonzero(ids == image_id)
+            if self.nms_threshold is not None:
+                keep = oks_nms(kp[idx], scores[idx], areas[idx], self.nms_threshold,
+                               self.keypoint_spec.sigmas, self.nms_vis_threshold)
+                idx = idx[keep]
+            for i in idx:
+                results.append({
+                    "image_id": int(image_id),
+                    "category_id": self.category_id,
+                    "keypoints": _to_builtin(kp[i]),
+                    "score": float(scores[i]),
+                    "center": _to_builtin(centers[i]),
+                    "scale": _to_builtin(scales[i]),
+                })
+        return results
+
+    def evaluate(self):
+        """Rescoring, OKS-NMS, results JSON and pycocotools AP of everything collected.
+
+        Returns:
+            dict with ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl``
+            (floats in [0, 1]).
+        """
+        return self.evaluate_results(self.postprocess())
+
+    def _validate(self, results):
+        known = set(self.coco.getImgIds())
+        ids = {int(r["image_id"]) for r in results}
+        unknown = sorted(ids - known)
+        if unknown:
+            shown = ", ".join(str(i) for i in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise ValueError(
+                f"{len(unknown)} image id(s) in the predictions or detections are not in the "
+                f"annotation file {self.annotation_file!r}: {shown}{more}. Are the boxes "
+                "(detection file) for another split? Received: image_ids=" + repr(unknown[:10]))
+        k = self.keypoint_spec.num_keypoints
+        for r in results:
+            if len(r["keypoints"]) != 3 * k:
+                raise ValueError(
+                    f"Each result needs {3 * k} keypoint values ({k} joints of "
+                    f"{self.keypoint_spec.name!r}). Received: len(keypoints)={len(r['keypoints'])} "
+                    f"for image_id={r['image_id']!r}")
+
+    def write_results(self, results):
+        """Writes ``results`` to ``output_dir/results_name`` atomically; returns the path."""
+        if self.output_dir is None:
+            return None
+        path = os.path.join(self.output_dir, self.results_name)
+        with atomic_file(path, "w") as f:
+            json.dump(results, f)
+        self.results_file = path
+        return path
+
+    def evaluate_results(self, results):
+        """pycocotools keypoint evaluation of a ready list of COCO results.
+
+        No rescoring or NMS: the same numbers as calling pycocotools directly
+        with these results. They are written to the results JSON first (when
+        ``output_dir`` is set).
+
+        Args:
+            results: list of dicts with ``image_id``, ``category_id``,
+                ``keypoints`` (flat ``3K``) and ``score``.
+
+        Returns:
+            dict of the ten COCO keypoint metrics.
+        """
+        results = list(results)
+        self._validate(results)
+        self.write_results(results)
+        if not results:
+            warnings.warn(
+                "COCO evaluation got no predictions; every metric is reported as 0.0. "
+                f"(annotation_file={self.annotation_file!r})", stacklevel=2)
+            return {name: 0.0 for name in METRIC_NAMES}
+        from pycocotools.cocoeval import COCOeval
+        with _quiet(self.verbose):
+            # loadRes adds and overwrites keys (area, bbox, id) in the dicts
+            # it is given: hand it a copy so the caller's results stay intact.
+            detections = self.coco.loadRes(copy.deepcopy(results))
+            coco_eval = COCOeval(self.coco, detections, "keypoints")
+            sigmas = np.asarray(self.keypoint_spec.sigmas, np.float64)
+            # Keep pycocotools' own array for COCO so results match it bit for bit.
+            if sigmas.shape != coco_eval.params.kpt_oks_sigmas.shape or not np.allclose(
+                    sigmas, coco_eval.params.kpt_oks_sigmas):
+                coco_eval.params.kpt_oks_sigmas = sigmas
+            coco_eval.params.useSegm = None
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        self.coco_eval = coco_eval
+        return {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}

@@ -1,0 +1,158 @@
+"""Top-down prediction over an evaluation dataset, with the flip test.
+
+:func:`predict_coco` runs a heatmap model over the person crops of an
+evaluation dataset (batches ``(images, meta)`` as built by
+``keras_dpn.data.build_dataset(..., training=False)``), decodes each crop's
+heatmaps to keypoints in original image pixels, and returns one COCO-style
+result per crop, ready for :class:`~keras_dpn.evaluation.COCOEvaluator`.
+
+Flip test (the reference's ``TEST.FLIP_TEST`` with ``SHIFT_HEATMAP``): the
+mirrored crops go through the model in the same batch as the crops, their
+heatmaps are mirrored back with the left/right channels swapped and shifted
+one pixel right (:func:`keras_dpn.codec.flip_back`), and the two heatmaps are
+averaged before decoding.
+"""
+
+import weakref
+
+import numpy as np
+
+from keras_dpn.codec import HeatmapCodec, merge_flip
+from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+
+# One traced inference function per (model, flip settings): the evaluation
+# callback calls predict_coco every epoch and must not retrace each time.
+_INFER_CACHE = weakref.WeakKeyDictionary()
+
+
+def codec_for_model(model, sigma=2.0):
+    """A :class:`~keras_dpn.codec.HeatmapCodec` matching the model's input and output sizes."""
+    in_shape, out_shape = model.input_shape, model.output_shape
+    if isinstance(out_shape, list):
+        out_shape = out_shape[-1]
+    if None in tuple(in_shape[1:3]) or None in tuple(out_shape[1:3]):
+        raise ValueError(
+            "Cannot infer the codec from a model with unknown spatial sizes; pass "
+            f"`codec=HeatmapCodec(...)`. Received: model.input_shape={in_shape}, "
+            f"model.output_shape={out_shape}")
+    return HeatmapCodec(input_size=in_shape[1:3], heatmap_size=out_shape[1:3], sigma=sigma)
+
+
+def _infer_fn(model, flip_index, flip_test, shift_heatmap):
+    import tensorflow as tf
+
+    key = (None if flip_index is None else tuple(int(i) for i in flip_index),
+           bool(flip_test), bool(shift_heatmap))
+    per_model = _INFER_CACHE.setdefault(model, {})
+    if key in per_model:
+        return per_model[key]
+
+    def heatmaps_of(x):
+        out = model(x, training=False)
+        if isinstance(out, (list, tuple)):
+            out = out[-1]  # multi-stage models: the last stage is the prediction
+        return tf.cast(out, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def infer(images):
+        if not flip_test:
+            return heatmaps_of(images)
+        n = tf.shape(images)[0]
+        both = heatmaps_of(tf.concat([images, tf.reverse(images, axis=[2])], axis=0))
+        return merge_flip(both[:n], both[n:], flip_index, shift=shift_heatmap)
+
+    per_model[key] = infer
+    return infer
+
+
+def _numpy(x):
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=True,
+                 shift_heatmap=True, steps=None, verbose=1, category_id=1):
+    """Predicts keypoints for every person crop of an evaluation dataset.
+
+    Args:
+        model: Keras model mapping ``(B, H, W, 3)`` crops to ``(B, h, w, K)``
+            heatmaps.
+        dataset: iterable (e.g. ``tf.data.Dataset``) of ``(images, meta)``
+            batches; ``meta`` is a dict with ``image_id (B,)``, ``center (B, 2)``
+            and ``scale (B, 2)`` (crop size in pixels) and ``score (B,)`` (box
+            score; 1 for ground-truth boxes).
+        codec: the :class:`~keras_dpn.codec.HeatmapCodec`; by default one
+            built from the model's input and output sizes.
+        keypoint_spec: keypoint set (flip pairs for the flip test).
+        flip_test: average with the mirrored crops' flipped-back heatmaps.
+        shift_heatmap: shift the flipped-back heatmap one pixel, as the
+            reference.
+        steps: stop after this many batches (``None``: the whole dataset).
+        verbose: 1 shows a progress bar.
+        category_id: COCO category of the results.
+
+    Returns:
+        List of dicts, one per crop: ``image_id``, ``category_id``,
+        ``keypoints`` (flat ``[x, y, score] * K`` in image pixels),
+        ``score`` (the box score, before any rescoring), ``center``, ``scale``.
+
+    Raises:
+        ValueError: if the dataset yields no batch, or the model's heatmaps
+            do not have one channel per joint of ``keypoint_spec``.
+
+    Example:
+    >>> ds = keras_dpn.data.build_dataset("shards/val-*", training=False)  # doctest: +SKIP
+    >>> results = predict_coco(model, ds)  # doctest: +SKIP
+    >>> ev = COCOEvaluator("person_keypoints_val2017.json"); ev.add_results(results)  # doctest: +SKIP
+    >>> ev.evaluate()["AP"]  # doctest: +SKIP
+    """
+    import keras
+
+    spec = get_keypoint_spec(keypoint_spec)
+    codec = codec_for_model(model) if codec is None else codec
+    flip_index = spec.flip_index if flip_test else None
+    infer = _infer_fn(model, flip_index, flip_test, shift_heatmap)
+
+    target = steps
+    if target is None and hasattr(dataset, "cardinality"):
+        card = int(dataset.cardinality())
+        target = card if card >= 0 else None  # -1 infinite, -2 unknown
+    progbar = (keras.utils.Progbar(target, unit_name="batch", stateful_metrics=["people"])
+               if verbose else None)
+
+    results = []
+    n_batches = 0
+    for batch in dataset:
+        if steps is not None and n_batches >= steps:
+            break
+        images, meta = batch[0], batch[1]
+        heatmaps = _numpy(infer(images))
+        if heatmaps.shape[-1] != spec.num_keypoints:
+            raise ValueError(
+                f"The model predicts {heatmaps.shape[-1]} heatmaps but the keypoint spec "
+                f"{spec.name!r} has {spec.num_keypoints} joints. "
+                f"Received: keypoint_spec={spec.name!r}")
+        centers = _numpy(meta["center"]).reshape(-1, 2)
+        scales = _numpy(meta["scale"]).reshape(-1, 2)
+        image_ids = _numpy(meta["image_id"]).reshape(-1)
+        scores = (_numpy(meta["score"]).reshape(-1) if "score" in meta
+                  else np.ones(len(image_ids), np.float32))
+        keypoints = codec.decode_to_image(heatmaps, centers, scales)
+        for i in range(len(image_ids)):
+            results.append({
+                "image_id": int(image_ids[i]),
+                "category_id": int(category_id),
+                "keypoints": keypoints[i].astype(np.float64).reshape(-1).tolist(),
+                "score": float(scores[i]),
+                "center": centers[i].astype(np.float64).tolist(),
+                "scale": scales[i].astype(np.float64).tolist(),
+            })
+        n_batches += 1
+        if progbar is not None:
+            progbar.update(n_batches, values=[("people", len(results))], finalize=False)
+    if progbar is not None:
+        progbar.update(n_batches, values=[("people", len(results))], finalize=True)
+    if n_batches == 0:
+        raise ValueError(
+            "The evaluation dataset yielded no batch: check its file pattern and that "
+            f"its shards are not empty. Received: dataset={dataset!r}")
+    return results

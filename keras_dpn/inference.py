@@ -1,0 +1,495 @@
+"""Top-down pose inference on images: :class:`PoseEstimator`.
+
+One class runs any deployed form of a heatmap model (a Keras model, a
+``.keras`` file, a SavedModel folder, a ``.tflite`` or an ``.onnx`` file) with
+the same pre- and post-processing: each person box becomes a crop
+(:mod:`keras_dpn.transforms`, HRNet geometry), the crops go through the model
+in batches (one at a time for TFLite, whose files have a fixed batch of 1),
+and the heatmaps are decoded to image pixels by
+:class:`keras_dpn.codec.HeatmapCodec`. The optional flip test averages the
+heatmaps of the mirrored crop (flipped back with the keypoint set's flip
+pairs and the reference's one-pixel shift).
+
+ONNX Runtime and LiteRT are imported only when such a file is loaded.
+
+Example:
+>>> import keras_dpn, numpy as np
+>>> est = keras_dpn.PoseEstimator(keras_dpn.DPN1_32(input_shape=(128, 96, 3)))
+>>> people = est.predict(np.zeros((240, 320, 3), np.uint8))
+>>> people[0]["keypoints"].shape
+(17, 3)
+"""
+
+import json
+import os
+
+import numpy as np
+
+from keras_dpn import transforms
+from keras_dpn.codec import HeatmapCodec, flip_back
+from keras_dpn.keypoints import get_keypoint_spec
+
+MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
+
+
+# ---------------------------------------------------------------------------
+# Images and boxes
+# ---------------------------------------------------------------------------
+
+def read_image(image):
+    """A path or an array -> RGB uint8 ``(H, W, 3)``.
+
+    Args:
+        image: a file path (anything OpenCV decodes) or an ``(H, W)``,
+            ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) array.
+
+    Raises:
+        ValueError: the file cannot be decoded, or the image is empty.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        import cv2
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise ValueError(f"Image file not found. Received: image={path!r}")
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(
+                f"Could not decode the image file (not an image, or a format OpenCV "
+                f"cannot read). Received: image={path!r}")
+        image = bgr[..., ::-1]
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"`image` must be (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA. "
+            f"Received: image with shape {array.shape!r}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"`image` is empty. Received: image with shape {array.shape!r}")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
+            array = array * 255.0
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def validate_boxes(boxes, image_shape):
+    """Checks ``(N, 4)`` xywh boxes against an image; returns them clipped.
+
+    Raises:
+        ValueError: a box is not finite, has zero (or negative) area, or does
+            not overlap the image at all.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.ndim == 1 and boxes.shape[0] == 4:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"`boxes` must be (N, 4) as x, y, width, height. "
+                         f"Received: boxes with shape {boxes.shape!r}")
+    height, width = image_shape[:2]
+    for i, (x, y, w, h) in enumerate(boxes):
+        if not np.all(np.isfinite([x, y, w, h])):
+            raise ValueError(f"Box {i} is not finite. Received: boxes[{i}]={boxes[i].tolist()!r}")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"Box {i} has zero area (width and height must be > 0). "
+                             f"Received: boxes[{i}]={boxes[i].tolist()!r}")
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            raise ValueError(
+                f"Box {i} lies outside the {width}x{height} image. "
+                f"Received: boxes[{i}]={boxes[i].tolist()!r}")
+    x0 = np.clip(boxes[:, 0], 0, width)
+    y0 = np.clip(boxes[:, 1], 0, height)
+    x1 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
+    y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+
+
+def boxes_from_detections(file, image_id, score_threshold=0.0, category_id=1,
+                          return_scores=False):
+    """Person boxes of one image from a COCO detection-results file.
+
+    Args:
+        file: JSON list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
+            "score"}`` (the COCO results format, e.g.
+            ``COCO_val2017_detections_AP_H_56_person.json``), or that list.
+        image_id: which image.
+        score_threshold: keep detections with ``score >= score_threshold``.
+        category_id: 1 (person) in COCO.
+        return_scores: also return the detection scores.
+
+    Returns:
+        ``(N, 4)`` float32 xywh boxes, highest score first (and ``(N,)``
+        scores if ``return_scores``).
+
+    Example:
+    >>> boxes = boxes_from_detections(
+    ...     "sample_data/coco/annotations/person_detections_sample.json", 785, 0.5)
+    >>> boxes.shape
+    (1, 4)
+    """
+    if isinstance(file, (str, os.PathLike)):
+        try:
+            with open(file) as f:
+                detections = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"Could not read a COCO detection-results JSON file. "
+                             f"Received: file={os.fspath(file)!r} ({e})") from e
+    else:
+        detections = file
+    if not isinstance(detections, list):
+        raise ValueError("A detection-results file holds a JSON list of "
+                         "{image_id, category_id, bbox, score}. "
+                         f"Received: file with a top-level {type(detections).__name__}")
+    rows = []
+    for i, d in enumerate(detections):
+        if not isinstance(d, dict) or "bbox" not in d or "image_id" not in d:
+            raise ValueError(f"Detection {i} needs `image_id` and `bbox`. Received: {d!r}")
+        if d["image_id"] != image_id or d.get("category_id", category_id) != category_id:
+            continue
+        score = float(d.get("score", 1.0))
+        if score >= score_threshold:
+            rows.append((score, [float(v) for v in d["bbox"]]))
+    rows.sort(key=lambda r: -r[0])
+    boxes = np.asarray([r[1] for r in rows], np.float32).reshape(-1, 4)
+    scores = np.asarray([r[0] for r in rows], np.float32)
+    return (boxes, scores) if return_scores else boxes
+
+
+# ---------------------------------------------------------------------------
+# Backends: one small adapter per file kind
+# ---------------------------------------------------------------------------
+
+class _Backend:
+    """``run(float32 normalized crops (N, H, W, 3)) -> heatmaps (N, h, w, K)``."""
+
+    kind = "?"
+    input_size = None   # (H, W)
+    output_shape = None  # (h, w, K) or (K, 3) for an end-to-end keypoint model
+    end_to_end = False
+    max_batch = None
+
+
+class _KerasBackend(_Backend):
+    kind = "keras"
+
+    def __init__(self, model, input_size):
+        self.model = model
+        in_shape = tuple(model.input_shape)
+        if len(in_shape) != 4 or in_shape[-1] != 3:
+            raise ValueError(f"Expected a model with (B, H, W, 3) input. "
+                             f"Received: model with input_shape={in_shape!r}")
+        fixed = in_shape[1:3]
+        if None in fixed:
+            if input_size is None:
+                raise ValueError("The model accepts any input size: pass `input_size=(H, W)`. "
+                                 "Received: input_size=None")
+            self.input_size = tuple(input_size)
+        else:
+            self.input_size = tuple(int(s) for s in fixed)
+        out = model.compute_output_shape((1,) + self.input_size + (3,))
+        if isinstance(out, list) or len(out) != 4:
+            raise ValueError(f"Expected a heatmap model with one (B, h, w, K) output. "
+                             f"Received: output shape {out!r}")
+        self.output_shape = tuple(int(s) for s in out[1:])
+        self._fn = None
+
+    def run(self, x):
+        import tensorflow as tf
+        if self._fn is None:
+            model = self.model
+            self._fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+        return np.asarray(self._fn(tf.constant(x)), np.float32)
+
+
+class _SavedModelBackend(_Backend):
+    kind = "saved_model"
+
+    def __init__(self, path):
+        import tensorflow as tf
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception as e:  # noqa: BLE001 - TF raises many kinds here
+            raise ValueError(f"Could not load a SavedModel. Received: model_or_path={path!r} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        if "serving_default" not in loaded.signatures:
+            raise ValueError(f"The SavedModel has no `serving_default` signature. "
+                             f"Received: model_or_path={path!r}")
+        self._loaded = loaded  # keeps the variables alive
+        self._fn = loaded.signatures["serving_default"]
+        (spec,) = self._fn.structured_input_signature[1].values()
+        self._input_name = list(self._fn.structured_input_signature[1])[0]
+        shape = spec.shape.as_list()
+        if len(shape) != 4 or None in shape[1:3] or spec.dtype != tf.float32:
+            raise ValueError(f"`serving_default` must take float32 (B, H, W, 3) images. "
+                             f"Received: {spec!r}")
+        self.input_size = (shape[1], shape[2])
+        self.max_batch = shape[0]
+        out = list(self._fn.structured_outputs.values())[0]
+        self._output_name = list(self._fn.structured_outputs)[0]
+        self.output_shape = tuple(out.shape.as_list()[1:])
+
+    def run(self, x):
+        import tensorflow as tf
+        return self._fn(**{self._input_name: tf.constant(x)})[self._output_name].numpy()
+
+
+class _TFLiteBackend(_Backend):
+    kind = "tflite"
+    max_batch = 1
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+        try:
+            self._interp = Interpreter(model_path=path, num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"Could not load a TFLite model. Received: model_or_path={path!r} "
+                             f"({str(e).splitlines()[0][:200]})") from e
+        inputs = self._interp.get_input_details()
+        outputs = self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"Expected one input and one output. Received: {path!r} with "
+                             f"{len(inputs)} inputs and {len(outputs)} outputs")
+        self._in, self._out = inputs[0], outputs[0]
+        shape = [int(s) for s in self._in["shape"]]
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"Expected a (1, H, W, 3) input. Received: {path!r} with input "
+                             f"shape {shape}")
+        self.input_size = (shape[1], shape[2])
+        self.output_shape = tuple(int(s) for s in self._out["shape"][1:])
+        # The end-to-end file: uint8 crop in, (K, 3) keypoints out.
+        self.end_to_end = self._in["dtype"] == np.uint8 and len(self.output_shape) == 2
+
+    def run(self, x):
+        out = []
+        for item in x:
+            self._interp.set_tensor(self._in["index"], self._quantize(item[None]))
+            self._interp.invoke()
+            out.append(self._dequantize(self._interp.get_tensor(self._out["index"])))
+        return np.concatenate(out, axis=0)
+
+    def _quantize(self, x):
+        dtype = self._in["dtype"]
+        if dtype == np.float32 or dtype == np.uint8 and self.end_to_end:
+            return x.astype(dtype)
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y):
+        if self._out["dtype"] == np.float32:
+            return y.astype(np.float32)
+        scale, zero = self._out["quantization"]
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+class _ONNXBackend(_Backend):
+    kind = "onnx"
+
+    def __init__(self, path, num_threads=None):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        try:
+            self._sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+            raise ValueError(f"Could not load an ONNX model. Received: model_or_path={path!r} "
+                             f"({str(e).splitlines()[0][:200]})") from e
+        (inp,) = self._sess.get_inputs()
+        shape = inp.shape
+        if len(shape) != 4 or not all(isinstance(s, int) for s in shape[1:]):
+            raise ValueError(f"Expected a (B, H, W, 3) input with static H, W. "
+                             f"Received: {path!r} with input shape {shape}")
+        self._input_name = inp.name
+        self.input_size = (shape[1], shape[2])
+        self.max_batch = shape[0] if isinstance(shape[0], int) else None
+        self.output_shape = tuple(self._sess.get_outputs()[0].shape[1:])
+
+    def run(self, x):
+        return self._sess.run(None, {self._input_name: x.astype(np.float32)})[0]
+
+
+def load_backend(model_or_path, input_size=None, num_threads=None):
+    """Picks the adapter for a Keras model or a model path (see :class:`PoseEstimator`)."""
+    import keras
+    if isinstance(model_or_path, keras.Model):
+        return _KerasBackend(model_or_path, input_size)
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise ValueError("`model_or_path` must be a keras.Model or a path to a .keras, "
+                         ".tflite, .onnx file or a SavedModel folder. "
+                         f"Received: model_or_path={model_or_path!r}")
+    path = os.fspath(model_or_path)
+    if not os.path.exists(path):
+        raise ValueError(f"Model path not found. Received: model_or_path={path!r}")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return _SavedModelBackend(path)
+        if os.path.isfile(os.path.join(path, "saved_model", "saved_model.pb")):
+            # An export folder from keras_dpn.export: use its SavedModel.
+            return _SavedModelBackend(os.path.join(path, "saved_model"))
+        raise ValueError(f"The folder holds no saved_model.pb. Received: model_or_path={path!r}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".keras":
+        import keras_dpn  # noqa: F401  registers the custom layers
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as e:  # noqa: BLE001 - zip, json and h5 errors alike
+            raise ValueError(f"Could not load a .keras model. Received: model_or_path={path!r} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        return _KerasBackend(model, input_size)
+    if suffix == ".tflite":
+        return _TFLiteBackend(path, num_threads)
+    if suffix == ".onnx":
+        return _ONNXBackend(path, num_threads)
+    raise ValueError(f"Unknown model file kind: expected one of {MODEL_SUFFIXES} or a "
+                     f"SavedModel folder. Received: model_or_path={path!r}")
+
+
+# ---------------------------------------------------------------------------
+# PoseEstimator
+# ---------------------------------------------------------------------------
+
+class PoseEstimator:
+    """Top-down pose estimation with any exported form of a heatmap model.
+
+    Args:
+        model_or_path: a ``keras.Model``, or a path to a ``.keras`` file, a
+            SavedModel folder (or a ``keras_dpn.export`` folder), a ``.tflite``
+            (heatmap or end-to-end keypoint model) or an ``.onnx`` file.
+        keypoints: keypoint set name or :class:`~keras_dpn.KeypointSpec`; its
+            joint count must match the model's heatmaps.
+        input_size: ``(H, W)``; only needed for a Keras model that accepts any
+            size. Fixed-size models must agree with it.
+        flip_test: average with the heatmaps of the mirrored crop.
+        batch_size: crops per model call (TFLite always runs one at a time).
+        padding: box padding factor (1.25, the reference's).
+        num_threads: CPU threads for TFLite / ONNX Runtime (None: runtime default).
+
+    Example:
+    >>> import keras_dpn, numpy as np
+    >>> est = keras_dpn.PoseEstimator("saved_models/dpn4_32/model_fp32.tflite")  # doctest: +SKIP
+    >>> people = est.predict("photo.jpg", boxes=[[10, 20, 100, 200]])  # doctest: +SKIP
+    >>> people[0]["keypoints"]  # (17, 3): x, y, score in image pixels  # doctest: +SKIP
+    """
+
+    def __init__(self, model_or_path, keypoints="coco", input_size=None, flip_test=False,
+                 batch_size=16, padding=transforms.DEFAULT_PADDING, num_threads=None):
+        if input_size is not None:
+            if len(tuple(input_size)) != 2 or min(input_size) < 1:
+                raise ValueError(f"`input_size` must be (height, width). "
+                                 f"Received: input_size={input_size!r}")
+            input_size = tuple(int(s) for s in input_size)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+        self.spec = get_keypoint_spec(keypoints)
+        self.backend = load_backend(model_or_path, input_size, num_threads)
+        if input_size is not None and tuple(self.backend.input_size) != input_size:
+            raise ValueError(
+                f"The model's input size is {tuple(self.backend.input_size)}. "
+                f"Received: input_size={input_size!r}")
+        self.input_size = tuple(int(s) for s in self.backend.input_size)
+        num_k = self.backend.output_shape[0] if self.backend.end_to_end \
+            else self.backend.output_shape[-1]
+        if num_k != self.spec.num_keypoints:
+            raise ValueError(
+                f"The model predicts {num_k} keypoints but keypoint set {self.spec.name!r} "
+                f"has {self.spec.num_keypoints}. Received: keypoints={keypoints!r}")
+        if self.backend.end_to_end and flip_test:
+            raise ValueError("The end-to-end keypoint TFLite model returns keypoints, not "
+                             "heatmaps, so it cannot be flip-tested. Received: flip_test=True")
+        self.flip_test = bool(flip_test)
+        self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
+        self.padding = float(padding)
+        if not self.backend.end_to_end:
+            h, w = self.backend.output_shape[:2]
+            self.codec = HeatmapCodec(self.input_size, (int(h), int(w)))
+
+    @property
+    def kind(self):
+        """``"keras"``, ``"saved_model"``, ``"tflite"`` or ``"onnx"``."""
+        return self.backend.kind
+
+    def crop(self, image, boxes=None):
+        """Crops of the people: ``(uint8 crops (N, H, W, 3), centers, scales, boxes)``."""
+        image = read_image(image)
+        if boxes is None:
+            boxes = [[0, 0, image.shape[1], image.shape[0]]]
+        boxes = validate_boxes(boxes, image.shape)
+        h, w = self.input_size
+        centers, scales = transforms.box_to_center_scale(boxes, w / h, padding=self.padding)
+        centers = centers.reshape(-1, 2)
+        scales = scales.reshape(-1, 2)
+        crops = np.stack([transforms.crop_image(image, c, s, (h, w))
+                          for c, s in zip(centers, scales)]) if len(boxes) else \
+            np.zeros((0, h, w, 3), np.uint8)
+        return crops, centers, scales, boxes
+
+    def predict_heatmaps(self, crops):
+        """Heatmaps ``(N, h, w, K)`` of uint8 RGB crops, flip-tested if enabled."""
+        if self.backend.end_to_end:
+            raise ValueError("The end-to-end keypoint TFLite model has no heatmap output.")
+        x = transforms.normalize_image(np.asarray(crops, np.uint8)).astype(np.float32)
+        heatmaps = self._run(x)
+        if self.flip_test:
+            flipped = self._run(np.ascontiguousarray(x[:, :, ::-1]))
+            heatmaps = (heatmaps + flip_back(flipped, self.spec.flip_index)) * 0.5
+        return heatmaps
+
+    def _run(self, x):
+        out = [self.backend.run(x[i:i + self.batch_size])
+               for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out, axis=0)
+
+    def predict(self, image, boxes=None, box_scores=None):
+        """Keypoints of every person in an image.
+
+        Args:
+            image: RGB array or image path.
+            boxes: ``(N, 4)`` person boxes ``x, y, width, height`` in image
+                pixels (e.g. from :func:`boxes_from_detections`); None uses
+                the whole image as one box.
+            box_scores: optional ``(N,)`` detection scores, multiplied into
+                each person's score.
+
+        Returns:
+            A list with one dict per box: ``keypoints`` float32 ``(K, 3)`` (x,
+            y in image pixels, heatmap score), ``box`` (the clipped xywh box)
+            and ``score`` (mean keypoint score, times the box score if given).
+
+        Raises:
+            ValueError: undecodable or empty image; boxes of zero area or
+                outside the image.
+        """
+        crops, centers, scales, boxes = self.crop(image, boxes)
+        if len(crops) == 0:
+            return []
+        if self.backend.end_to_end:
+            keypoints = self._end_to_end(crops, centers, scales)
+        else:
+            heatmaps = self.predict_heatmaps(crops)
+            keypoints = self.codec.decode_to_image(heatmaps, centers, scales)
+        if box_scores is None:
+            box_scores = np.ones(len(boxes), np.float32)
+        box_scores = np.asarray(box_scores, np.float32).reshape(-1)
+        if box_scores.shape[0] != len(boxes):
+            raise ValueError(f"`box_scores` needs one score per box ({len(boxes)}). "
+                             f"Received: box_scores with {box_scores.shape[0]} entries")
+        return [dict(keypoints=kp.astype(np.float32), box=box,
+                     score=float(np.mean(kp[:, 2]) * s))
+                for kp, box, s in zip(keypoints, boxes, box_scores)]
+
+    def _end_to_end(self, crops, centers, scales):
+        out = self._run(crops)  # (N, K, 3): x, y in crop pixels
+        result = np.zeros_like(out, dtype=np.float32)
+        for i in range(len(out)):
+            inv = transforms.get_affine_transform(centers[i], scales[i], 0.0, self.input_size,
+                                                  inverse=True)
+            result[i, :, :2] = transforms.affine_transform_points(out[i, :, :2], inv)
+            result[i, :, 2] = out[i, :, 2]
+        return result

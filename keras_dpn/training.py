@@ -1,0 +1,787 @@
+"""Distributed training: strategies, one training loop, checkpoints that survive a kill.
+
+The pieces a recipe needs, each usable alone:
+
+* :func:`get_strategy` -- ``"mirrored"`` (all local GPUs, or the CPU),
+  ``"multi_worker"`` (``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``) or
+  ``"default"`` (no distribution).
+* :class:`EpochPiecewiseSchedule` -- the paper's step schedule expressed in
+  epochs but computed from the optimizer's step counter, so a resumed run
+  gets exactly the learning rate the uninterrupted run would have had.
+* :func:`configure_reproducibility` and :func:`precision_policy` -- seed,
+  deterministic ops, mixed precision.
+* :class:`Trainer` -- builds the model inside the strategy's scope, restores
+  the last checkpoint (refusing one written for another architecture before
+  anything is touched), trains, checkpoints every epoch, keeps the best
+  checkpoint by ``val_AP`` and stops cleanly on a NaN loss.
+
+Why two loops: Keras 3 ``model.fit`` fails under
+``MultiWorkerMirroredStrategy`` (keras-team/keras#20585). On one machine the
+trainer uses ``model.fit`` (so every Keras callback behaves exactly as users
+expect); under the multi-worker strategy it runs a custom loop
+(``strategy.run`` + ``strategy.reduce`` over an
+``experimental_distribute_dataset``) that drives the same callbacks through a
+``keras.callbacks.CallbackList``. ``loop="custom"`` forces the custom loop
+anywhere, which is how it is tested on one machine.
+
+Output folder layout (everything written atomically; a kill at any moment
+leaves the previous epoch's checkpoint intact)::
+
+    OUTPUT/
+      checkpoints/ckpt-N.*, checkpoints/checkpoint   last epochs (tf.train.Checkpoint)
+      checkpoints/state.json    architecture fingerprint, epoch, step, best score
+      best.weights.h5, best.json   weights of the best epoch by ``monitor``
+      logs/                     TensorBoard event files
+      history.csv               one row per epoch (loss, lr, val_AP, ...)
+
+Example:
+>>> import tempfile, numpy as np, tensorflow as tf, keras_dpn
+>>> from keras_dpn.training import Trainer
+>>> x = np.zeros((4, 64, 48, 3), "float32")
+>>> y = np.zeros((4, 16, 12, 17), "float32")
+>>> w = np.ones((4, 17), "float32")
+>>> ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(2)
+>>> trainer = Trainer(lambda: keras_dpn.DPN(num_modules=1, input_shape=(64, 48, 3)),
+...                   output_dir=tempfile.mkdtemp(), strategy="default", epochs=1,
+...                   steps_per_epoch=2, verbose=0)
+>>> history = trainer.fit(ds)
+>>> history["epoch"]
+[0]
+"""
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_dpn.io_utils import atomic_file, atomic_path
+
+STRATEGIES = ("mirrored", "multi_worker", "default")
+LOOPS = ("auto", "fit", "custom")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+BEST_JSON = "best.json"
+HISTORY_CSV = "history.csv"
+LOG_DIR = "logs"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite.
+
+    The last good checkpoint is left on disk untouched and restored into the
+    model before this is raised.
+    """
+
+
+class ArchitectureMismatchError(ValueError):
+    """Raised when a checkpoint was written for a different model."""
+
+
+# ---------------------------------------------------------------------------
+# Strategy, precision, reproducibility.
+
+
+def get_strategy(name="mirrored"):
+    """Returns a ``tf.distribute.Strategy`` by name.
+
+    Args:
+        name: ``"mirrored"`` (``MirroredStrategy`` over all local GPUs, or the
+            CPU when there are none), ``"multi_worker"``
+            (``MultiWorkerMirroredStrategy``; the cluster comes from the
+            ``TF_CONFIG`` environment variable) or ``"default"`` (the no-op
+            default strategy). A ``tf.distribute.Strategy`` passes through.
+
+    Returns:
+        The strategy.
+
+    Raises:
+        ValueError: unknown name, or ``TF_CONFIG`` that is not valid JSON or
+            names no cluster.
+    """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        # With no GPU, MirroredStrategy() already falls back to the CPU; naming
+        # it keeps the one-replica case explicit in logs.
+        return tf.distribute.MirroredStrategy(None if gpus else ["/cpu:0"])
+    raw = os.environ.get("TF_CONFIG")
+    if raw:
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"TF_CONFIG is not valid JSON ({e}). Received: TF_CONFIG={raw!r}")
+        if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
+            raise ValueError(
+                "TF_CONFIG must hold 'cluster' and 'task' entries, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                f'"task": {{"type": "worker", "index": 0}}}}. Received: TF_CONFIG={raw!r}')
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+    """True on the worker that writes checkpoints, logs and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def resolve_precision(precision):
+    """Maps ``True``/``False``/a policy name to a Keras dtype policy name.
+
+    ``True`` picks ``mixed_float16`` on a GPU and ``mixed_bfloat16`` on a CPU
+    (bfloat16 needs no loss scaling and is fast on AVX-512 BF16 CPUs).
+    """
+    if precision in (None, False):
+        return "float32"
+    if precision is True:
+        return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"`mixed_precision` must be a bool or one of {PRECISIONS}. "
+            f"Received: mixed_precision={precision!r}")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_policy(precision):
+    """Sets the global Keras dtype policy for the block, then restores it.
+
+    Layers keep the policy they were built with, so building the model inside
+    this block is enough; the rest of the process is left as it was.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolve_precision(precision))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def configure_reproducibility(seed=None, deterministic=False):
+    """Seeds Python, NumPy, TF and Keras; optionally makes TF ops deterministic.
+
+    Args:
+        seed: int or None. Required when ``deterministic`` is True.
+        deterministic: enables ``tf.config.experimental.enable_op_determinism``
+            (slower; some GPU ops then raise instead of running
+            non-deterministically). This is process-wide and cannot be undone.
+
+    Create a ``MultiWorkerMirroredStrategy`` *before* calling this: seeding
+    initializes the TF runtime, after which collective ops can no longer be
+    configured ("Collective ops must be configured at program startup").
+    :class:`Trainer` (``seed=``) does it in that order.
+    """
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int. Received: seed={seed!r}")
+        keras.utils.set_random_seed(seed)
+    if deterministic:
+        if seed is None:
+            raise ValueError(
+                "Deterministic mode needs a seed (random ops would differ run to run). "
+                f"Received: seed={seed!r}, deterministic={deterministic!r}")
+        tf.config.experimental.enable_op_determinism()
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedule.
+
+
+@keras.saving.register_keras_serializable(package="keras_dpn")
+class EpochPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-constant learning rate with boundaries in epochs.
+
+    ``lr(step) = initial * factor ** (number of boundaries <= step // steps_per_epoch)``.
+    The rate depends only on the optimizer's step counter, which the
+    checkpoint restores, so a resumed run follows the same schedule.
+
+    Args:
+        initial_learning_rate: rate of the first epochs (paper: 1e-3).
+        steps_per_epoch: optimizer steps per epoch.
+        boundaries: epochs (0-based) at which the rate is multiplied by
+            ``factor`` (paper: 90 and 120).
+        factor: multiplier per boundary (paper: 0.1).
+
+    Example:
+    >>> s = EpochPiecewiseSchedule(1e-3, steps_per_epoch=10, boundaries=(2, 3))
+    >>> [round(float(s(i)), 6) for i in (0, 19, 20, 30)]
+    [0.001, 0.001, 0.0001, 1e-05]
+    """
+
+    def __init__(self, initial_learning_rate, steps_per_epoch, boundaries=(90, 120), factor=0.1):
+        if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
+            raise ValueError(
+                f"`steps_per_epoch` must be a positive int. Received: steps_per_epoch={steps_per_epoch!r}")
+        if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
+            raise ValueError(
+                f"`boundaries` must be increasing epochs >= 0. Received: boundaries={boundaries!r}")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.boundaries = tuple(int(b) for b in boundaries)
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        epoch = keras.ops.floor_divide(keras.ops.cast(step, "int64"), self.steps_per_epoch)
+        drops = keras.ops.zeros((), "float32")
+        for boundary in self.boundaries:
+            drops = drops + keras.ops.cast(keras.ops.greater_equal(epoch, boundary), "float32")
+        return self.initial_learning_rate * keras.ops.power(self.factor, drops)
+
+    def get_config(self):
+        return dict(initial_learning_rate=self.initial_learning_rate,
+                    steps_per_epoch=self.steps_per_epoch,
+                    boundaries=list(self.boundaries), factor=self.factor)
+
+
+def learning_rate_at(optimizer):
+    """The optimizer's current learning rate as a Python float."""
+    lr = optimizer.learning_rate
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        lr = optimizer.inner_optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint bookkeeping.
+
+
+def architecture_fingerprint(model):
+    """Describes a model's variables: name, count and a hash of paths and shapes.
+
+    Two models share a fingerprint exactly when every checkpointed variable
+    has the same path and shape, i.e. when a checkpoint of one restores
+    into the other.
+    """
+    entries = [f"{v.path}:{tuple(v.shape)}" for v in model.weights]
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+    return {"name": model.name, "num_weights": len(entries),
+            "num_params": int(sum(int(np.prod(v.shape)) for v in model.weights)),
+            "sha256_16": digest}
+
+
+def read_state(output_dir):
+    """Returns the ``state.json`` of a training folder, or None if it has none."""
+    path = os.path.join(os.fspath(output_dir), CHECKPOINT_DIR, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, obj):
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _all_finite(model):
+    return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in model.trainable_weights)
+
+
+def _is_finite(value):
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+class _NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite batch loss and remembers where.
+
+    Runs first among the callbacks, so it also puts the learning rate into
+    the epoch logs for the history, TensorBoard and checkpoint callbacks.
+    """
+
+    def __init__(self, optimizer):
+        super().__init__()
+        self.tripped_at = None
+        self._optimizer = optimizer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        # The rate used for this epoch's steps (read before they advance the counter).
+        self._lr = learning_rate_at(self._optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._lr
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _is_finite(loss):
+            self.tripped_at = (self._epoch, batch)
+            self.model.stop_training = True
+
+
+class _HistoryCSV(keras.callbacks.Callback):
+    """``history.csv``: one row per finished epoch, rewritten atomically.
+
+    Rows of epochs at or after the resume point (written by a run killed
+    before its checkpoint) are dropped, so no epoch appears twice. Columns
+    are the union of all keys seen (``val_AP`` may appear every k epochs).
+    """
+
+    def __init__(self, path, initial_epoch):
+        super().__init__()
+        self._path = path
+        self._rows = []
+        if os.path.exists(path):
+            import csv
+            with open(path, newline="") as f:
+                self._rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < initial_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        import csv
+        row = {"epoch": epoch}
+        row.update({k: (float(v) if _is_finite(v) else v) for k, v in (logs or {}).items()})
+        self._rows.append(row)
+        keys = ["epoch"] + sorted({k for r in self._rows for k in r} - {"epoch"})
+        with atomic_file(self._path, "w") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, restval="")
+            writer.writeheader()
+            writer.writerows(self._rows)
+
+
+class _ScalarSummaries(keras.callbacks.Callback):
+    """Writes every numeric epoch-log value as a TensorBoard scalar.
+
+    Keras' TensorBoard callback needs the ``tensorboard`` package for
+    ``tf.summary.scalar``; ``tf.summary.write`` with the scalars plugin's
+    metadata is core TensorFlow and produces the same event files, so logs
+    are written whether or not that package is installed.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self._log_dir = log_dir
+        self._writer = None
+        from tensorflow.core.framework import summary_pb2
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = "scalars"
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, "train"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self._writer.as_default():
+            for key, value in (logs or {}).items():
+                if _is_finite(value):
+                    tf.summary.write(f"epoch_{key}", tf.constant(float(value), tf.float32),
+                                     step=epoch + 1, metadata=self._metadata)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the run's state at the end of every good epoch.
+
+    Skips the save (and leaves the previous checkpoint as the newest) when
+    the guard tripped, the epoch loss is not finite or any weight is not
+    finite, so NaN weights never replace good ones.
+    """
+
+    def __init__(self, trainer, guard):
+        super().__init__()
+        self._trainer = trainer
+        self._guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        t = self._trainer
+        if (self._guard.tripped_at is not None or not _is_finite(logs.get("loss"))
+                or not _all_finite(self.model)):
+            if self._guard.tripped_at is None:
+                self._guard.tripped_at = (epoch, None)
+            self.model.stop_training = True
+            return
+        t._save_epoch(epoch, logs)
+
+
+class Trainer:
+    """Trains a heatmap model with checkpoints, resume, best-model tracking and a NaN guard.
+
+    Args:
+        model_fn: zero-argument callable returning an uncompiled Keras model.
+            Called inside the strategy's scope and the precision policy.
+        output_dir: folder for checkpoints, logs, history and best weights.
+        strategy: a name for :func:`get_strategy` or a strategy object.
+        loss: a Keras loss (default ``keras_dpn.losses.JointsMSE()``). It is
+            called as ``loss(heatmaps, predictions, sample_weight=target_weight)``
+            and must return the mean over the (per-replica) batch.
+        learning_rate: initial Adam learning rate.
+        lr_boundaries: epochs at which the rate is multiplied by ``lr_factor``.
+        lr_factor: see above.
+        epochs: total number of epochs (a resumed run stops at the same epoch).
+        steps_per_epoch: optimizer steps per epoch; derived from a finite
+            dataset's cardinality when None.
+        jit_compile: compile the training step with XLA.
+        mixed_precision: False, True or a Keras policy name (see
+            :func:`resolve_precision`).
+        loop: ``"auto"`` (``model.fit`` except under the multi-worker
+            strategy), ``"fit"`` or ``"custom"``.
+        monitor: epoch-log key that selects the best checkpoint (written by an
+            evaluation callback such as ``COCOEvaluationCallback``).
+        monitor_mode: ``"max"`` or ``"min"``.
+        max_to_keep: number of epoch checkpoints kept.
+        tensorboard: write TensorBoard logs to ``OUTPUT/logs``.
+        verbose: 0 silent, 1 progress bar, 2 one line per epoch.
+        seed: seeds Python, NumPy, TF and Keras once the strategy exists.
+        deterministic: deterministic TF ops (needs ``seed``; see
+            :func:`configure_reproducibility`).
+    """
+
+    def __init__(self, model_fn, output_dir, strategy="mirrored", loss=None,
+                 learning_rate=1e-3, lr_boundaries=(90, 120), lr_factor=0.1, epochs=140,
+                 steps_per_epoch=None, jit_compile=False, mixed_precision=False, loop="auto",
+                 monitor="val_AP", monitor_mode="max", max_to_keep=3, tensorboard=True,
+                 verbose=1, seed=None, deterministic=False):
+        if loop not in LOOPS:
+            raise ValueError(f"`loop` must be one of {LOOPS}. Received: loop={loop!r}")
+        if monitor_mode not in ("max", "min"):
+            raise ValueError(
+                f"`monitor_mode` must be 'max' or 'min'. Received: monitor_mode={monitor_mode!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"`epochs` must be a positive int. Received: epochs={epochs!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int)
+                                            or steps_per_epoch < 1):
+            raise ValueError(
+                f"`steps_per_epoch` must be a positive int or None. "
+                f"Received: steps_per_epoch={steps_per_epoch!r}")
+        if output_dir is None or str(output_dir) == "":
+            raise ValueError(f"`output_dir` is required. Received: output_dir={output_dir!r}")
+        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        if deterministic and seed is None:
+            raise ValueError(
+                "Deterministic mode needs a seed. "
+                f"Received: seed={seed!r}, deterministic={deterministic!r}")
+        self.strategy = get_strategy(strategy)
+        configure_reproducibility(seed, deterministic)
+        self.chief = is_chief(self.strategy)
+        self.precision = resolve_precision(mixed_precision)
+        self.loop = loop
+        if loop == "auto":
+            self.loop = "custom" if is_multi_worker(self.strategy) else "fit"
+        if self.loop == "fit" and is_multi_worker(self.strategy):
+            raise ValueError(
+                "Keras 3 `model.fit` does not work under MultiWorkerMirroredStrategy "
+                "(keras-team/keras#20585); use loop='custom' or 'auto'. Received: loop='fit'")
+        self.learning_rate = float(learning_rate)
+        self.lr_boundaries = tuple(lr_boundaries)
+        self.lr_factor = float(lr_factor)
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.jit_compile = bool(jit_compile)
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.max_to_keep = max_to_keep
+        self.tensorboard = tensorboard
+        self.verbose = verbose
+        self._loss = loss
+        self._model_fn = model_fn
+        self.model = None
+        self.optimizer = None
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def checkpoint_dir(self):
+        return os.path.join(self.output_dir, CHECKPOINT_DIR)
+
+    @property
+    def best_weights_path(self):
+        return os.path.join(self.output_dir, BEST_WEIGHTS)
+
+    # -- setup ---------------------------------------------------------------
+    def _resolve_loss(self):
+        if self._loss is not None:
+            return keras.losses.get(self._loss) if isinstance(self._loss, str) else self._loss
+        from keras_dpn.losses import JointsMSE  # the data pipeline's target convention
+        return JointsMSE()
+
+    def _build(self, steps_per_epoch):
+        """Model, optimizer (built, so its slots exist before a restore) and checkpoint."""
+        with self.strategy.scope(), precision_policy(self.precision):
+            self.model = self._model_fn()
+            if not isinstance(self.model, keras.Model):
+                raise ValueError(
+                    f"`model_fn` must return a keras.Model. Received: {type(self.model).__name__}")
+            schedule = EpochPiecewiseSchedule(self.learning_rate, steps_per_epoch,
+                                              self.lr_boundaries, self.lr_factor)
+            optimizer = keras.optimizers.Adam(schedule)
+            self.loss = self._resolve_loss()
+            if self.loop == "fit":
+                self.model.compile(optimizer=optimizer, loss=self.loss,
+                                   jit_compile=self.jit_compile)
+                # compile() wraps the optimizer for loss scaling under mixed_float16.
+                optimizer = self.model.optimizer
+            elif self.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            self._epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self._best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
+            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                                   epoch=self._epoch_var, best=self._best_var)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, self._save_dir(), max_to_keep=self.max_to_keep)
+
+    def _save_dir(self):
+        if self.chief:
+            return self.checkpoint_dir
+        # Every worker must take part in a save; only the chief's copy is kept.
+        resolver = self.strategy.cluster_resolver
+        return os.path.join(self.output_dir, f".tmp-{resolver.task_type}-{resolver.task_id}",
+                            CHECKPOINT_DIR)
+
+    def _restore(self, resume):
+        """Restores the newest checkpoint, or checks that there is none to clobber.
+
+        Returns the epoch to start from (0-based).
+        """
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        state = read_state(self.output_dir)
+        if latest is None:
+            return 0
+        if not resume:
+            epoch = state["epoch"] if state else "?"
+            raise FileExistsError(
+                f"{self.output_dir} already holds a training run (checkpoint after epoch "
+                f"{epoch}). Resume it (resume=True, --resume) or choose another output folder; "
+                "nothing was written.")
+        expected = architecture_fingerprint(self.model)
+        found = (state or {}).get("architecture")
+        if found is None:
+            found = self._fingerprint_from_checkpoint(latest)
+        if (found.get("sha256_16") != expected["sha256_16"]
+                or found.get("num_weights") != expected["num_weights"]):
+            raise ArchitectureMismatchError(
+                f"The checkpoint in {self.checkpoint_dir} was written for another architecture: "
+                f"{found.get('name')} with {found.get('num_weights')} weights "
+                f"({found.get('num_params')} values), but the model is {expected['name']} with "
+                f"{expected['num_weights']} weights ({expected['num_params']} values). Use the "
+                "matching --model or another --output; nothing was written.")
+        status = self._checkpoint.restore(latest)
+        status.assert_existing_objects_matched()
+        epoch = int(self._epoch_var.numpy())
+        if self.verbose and self.chief:
+            print(f"Resumed from {latest}: {epoch} epoch(s) done, optimizer step "
+                  f"{int(self.optimizer.iterations.numpy())}, lr {learning_rate_at(self.optimizer):g}.")
+        return epoch
+
+    def _fingerprint_from_checkpoint(self, path):
+        shapes = [s for n, s in tf.train.list_variables(path)
+                  if n.startswith("model/") and n.endswith("VARIABLE_VALUE")]
+        own = [tuple(v.shape) for v in self.model.weights]
+        match = sorted(map(tuple, shapes)) == sorted(own)
+        return {"name": "unknown", "num_weights": len(shapes),
+                "num_params": int(sum(np.prod(s) for s in shapes)),
+                "sha256_16": architecture_fingerprint(self.model)["sha256_16"] if match else "?"}
+
+    # -- saving ----------------------------------------------------------------
+    def _save_epoch(self, epoch, logs):
+        """Checkpoint after ``epoch`` (0-based) finished; best weights when improved."""
+        score = logs.get(self.monitor)
+        improved = False
+        if score is not None and _is_finite(score):
+            best = float(self._best_var.numpy())
+            improved = math.isnan(best) or (score > best if self.monitor_mode == "max"
+                                            else score < best)
+        if improved and self.chief:
+            # Best weights first: a kill before the checkpoint below re-runs this
+            # epoch, which at worst rewrites the same file.
+            with atomic_path(self.best_weights_path) as tmp:
+                self.model.save_weights(tmp)
+            _write_json(os.path.join(self.output_dir, BEST_JSON),
+                        {"epoch": epoch + 1, self.monitor: float(score),
+                         "logs": {k: float(v) for k, v in logs.items() if _is_finite(v)}})
+        if improved:
+            self._best_var.assign(float(score))
+        self._epoch_var.assign(epoch + 1)
+        path = self._manager.save(checkpoint_number=epoch + 1)
+        if self.chief:
+            _write_json(os.path.join(self.checkpoint_dir, STATE_FILE), {
+                "epoch": epoch + 1,
+                "step": int(self.optimizer.iterations.numpy()),
+                "checkpoint": os.path.basename(path),
+                "best": None if math.isnan(float(self._best_var.numpy()))
+                else float(self._best_var.numpy()),
+                "monitor": self.monitor,
+                "architecture": architecture_fingerprint(self.model),
+                "logs": {k: float(v) for k, v in logs.items() if _is_finite(v)},
+            })
+        else:
+            shutil.rmtree(os.path.dirname(self._save_dir()), ignore_errors=True)
+
+    # -- training ----------------------------------------------------------------
+    def _steps(self, dataset):
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        n = int(dataset.cardinality())
+        if n <= 0:
+            raise ValueError(
+                "`steps_per_epoch` is required for a dataset of unknown or infinite length. "
+                f"Received: steps_per_epoch=None with cardinality {n}")
+        return n
+
+    def fit(self, train_dataset, callbacks=(), resume=False):
+        """Trains from the last checkpoint (if ``resume``) up to ``epochs``.
+
+        Args:
+            train_dataset: ``tf.data.Dataset`` of global batches
+                ``(images, heatmaps, target_weight)``.
+            callbacks: Keras callbacks (evaluation, early stopping, ...). They
+                run before the checkpoint, so values they put in the epoch
+                logs (``val_AP``) choose the best checkpoint.
+            resume: continue the run in ``output_dir``. Without it, a folder
+                that already holds a checkpoint is refused.
+
+        Returns:
+            A dict of per-epoch lists (``epoch``, ``loss``, ``lr``, callback
+            values) for the epochs run in this call.
+
+        Raises:
+            TrainingDivergedError: on a NaN or infinite loss.
+            ArchitectureMismatchError: the checkpoint is for another model.
+            FileExistsError: ``output_dir`` holds a run and ``resume`` is False.
+        """
+        if not isinstance(train_dataset, tf.data.Dataset):
+            raise ValueError(
+                "`train_dataset` must be a tf.data.Dataset. "
+                f"Received: train_dataset={type(train_dataset).__name__}")
+        steps = self._steps(train_dataset)
+        self._build(steps)
+        initial_epoch = self._restore(resume)
+        if initial_epoch >= self.epochs:
+            if self.verbose and self.chief:
+                print(f"Nothing to do: {initial_epoch} of {self.epochs} epochs already done.")
+            return {"epoch": []}
+        if train_dataset.cardinality() != tf.data.INFINITE_CARDINALITY:
+            train_dataset = train_dataset.repeat()
+
+        guard = _NaNGuard(self.optimizer)
+        cbs = list(callbacks)
+        if self.chief:
+            cbs.append(_HistoryCSV(os.path.join(self.output_dir, HISTORY_CSV), initial_epoch))
+            if self.tensorboard:
+                cbs.append(_ScalarSummaries(os.path.join(self.output_dir, LOG_DIR)))
+        # Guard first (stops at the bad batch), checkpoint last (sees val_AP).
+        cbs = [guard] + cbs + [_EpochCheckpoint(self, guard)]
+        os.makedirs(self.output_dir, exist_ok=True)
+
+        if self.loop == "fit":
+            history = self.model.fit(train_dataset, epochs=self.epochs,
+                                     steps_per_epoch=steps, initial_epoch=initial_epoch,
+                                     callbacks=cbs, verbose=self.verbose)
+            result = {"epoch": list(history.epoch), **history.history}
+        else:
+            result = self._custom_loop(train_dataset, steps, initial_epoch, cbs, guard)
+        if guard.tripped_at is not None:
+            self._diverged(guard.tripped_at)
+        return result
+
+    def _diverged(self, where):
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest is not None:
+            self._checkpoint.restore(latest).expect_partial()
+        epoch, batch = where
+        at = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+        kept = (f"The last good checkpoint {latest} is untouched and its weights were "
+                "restored into the model." if latest else "No checkpoint had been written yet.")
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became NaN or infinite at {at}. {kept} Lower the "
+            "learning rate, check the data for broken targets, or disable mixed precision, "
+            "then resume.")
+
+    def _custom_loop(self, dataset, steps, initial_epoch, cbs, guard):
+        strategy, model, optimizer = self.strategy, self.model, self.optimizer
+        loss_fn = self.loss
+        replicas = strategy.num_replicas_in_sync
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def grads_of(images, heatmaps, weights):
+            with tf.GradientTape() as tape:
+                pred = model(images, training=True)
+                loss = loss_fn(heatmaps, pred, sample_weight=weights)
+                total = loss
+                if model.losses:
+                    total = total + tf.add_n(model.losses)
+                # Gradients are summed over replicas by apply_gradients:
+                # divide so that the sum is the global-batch mean.
+                total = total / replicas
+                if scaled:
+                    total = optimizer.scale_loss(total)
+            return loss, tape.gradient(total, model.trainable_variables)
+
+        if self.jit_compile:
+            # The cross-replica all-reduce in apply_gradients cannot be
+            # XLA-compiled; the forward and backward passes can.
+            grads_of = tf.function(grads_of, jit_compile=True)
+
+        def replica_step(images, heatmaps, weights):
+            loss, grads = grads_of(images, heatmaps, weights)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        @tf.function
+        def train_step(iterator):
+            per_replica = strategy.run(replica_step, args=next(iterator))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) / replicas
+
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        callback_list = keras.callbacks.CallbackList(cbs, model=model, epochs=self.epochs,
+                                                     steps=steps, verbose=0)
+        model.stop_training = False
+        history = {"epoch": []}
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, self.epochs):
+            callback_list.on_epoch_begin(epoch)
+            bar = keras.utils.Progbar(steps, verbose=self.verbose) if self.chief else None
+            if bar is not None and self.verbose:
+                print(f"Epoch {epoch + 1}/{self.epochs}")
+            total = 0.0
+            for step in range(steps):
+                callback_list.on_train_batch_begin(step)
+                loss = float(train_step(iterator))
+                total += loss
+                logs = {"loss": total / (step + 1)}
+                callback_list.on_train_batch_end(step, logs)
+                if bar is not None:
+                    bar.update(step + 1, [("loss", loss)])
+                if guard.tripped_at is not None:
+                    break
+            logs = {"loss": total / (step + 1)}
+            if guard.tripped_at is None:
+                callback_list.on_epoch_end(epoch, logs)
+            if guard.tripped_at is not None:
+                break
+            history["epoch"].append(epoch)
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+            if model.stop_training:
+                break
+        callback_list.on_train_end()
+        return history

@@ -1,0 +1,102 @@
+"""Shared by the deployment tests and benchmarks: a briefly trained tiny DPN.
+
+Quantization agreement is meaningless on random weights (their heatmaps have
+no peaks), so the fp16 / int8 / QAT measurements use a DPN1_32 at 128x96
+trained for a minute or two on the bundled COCO sample crops. It overfits the
+sample, which is what we want here: peaked heatmaps on exactly the crops on
+which the exports are compared.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+INPUT_SIZE = (128, 96)
+HEATMAP_SIZE = (32, 24)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANNOTATIONS = os.path.join(ROOT, "sample_data", "coco", "annotations",
+                           "person_keypoints_sample.json")
+
+
+def sample_training_set(input_size=INPUT_SIZE, max_people=None, min_keypoints=5):
+    """Crops, target heatmaps and target weights of the sample's people.
+
+    Returns:
+        ``(crops uint8 (N, H, W, 3), heatmaps (N, h, w, 17), weights (N, 17),
+        keypoints (N, 17, 3) in crop pixels)``.
+    """
+    import cv2
+
+    from keras_dpn import transforms
+    from keras_dpn.codec import HeatmapCodec
+    with open(ANNOTATIONS) as f:
+        coco = json.load(f)
+    image_dir = os.path.join(os.path.dirname(os.path.dirname(ANNOTATIONS)), "images")
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    h, w = input_size
+    codec = HeatmapCodec(input_size, (h // 4, w // 4), sigma=2.0)
+    crops, hms, wts, kps = [], [], [], []
+    images = {}
+    for ann in coco["annotations"]:
+        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) < min_keypoints:
+            continue
+        if ann["bbox"][2] < 2 or ann["bbox"][3] < 2:
+            continue
+        if ann["image_id"] not in images:
+            bgr = cv2.imread(os.path.join(image_dir, files[ann["image_id"]]))
+            images[ann["image_id"]] = bgr[..., ::-1].copy()
+        image = images[ann["image_id"]]
+        center, scale = transforms.box_to_center_scale(ann["bbox"], w / h)
+        crop = transforms.crop_image(image, center, scale, input_size)
+        m = transforms.get_affine_transform(center, scale, 0.0, input_size)
+        kp = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
+        xy = transforms.affine_transform_points(kp[:, :2], m)
+        hm, wt = codec.encode(xy, np.minimum(kp[:, 2], 1))
+        crops.append(crop)
+        hms.append(hm)
+        wts.append(wt)
+        kps.append(np.concatenate([xy, kp[:, 2:]], axis=1))
+        if max_people and len(crops) >= max_people:
+            break
+    return (np.stack(crops), np.stack(hms), np.stack(wts),
+            np.stack(kps).astype(np.float32))
+
+
+def train_tiny_dpn(path, epochs=40, batch_size=16, seed=0, verbose=0):
+    """Trains DPN1_32 at 128x96 on the sample crops and saves it to ``path``.
+
+    Returns:
+        ``(model, seconds)``.
+    """
+    import keras
+
+    import keras_dpn
+    from keras_dpn import io_utils, transforms
+    from keras_dpn.losses import JointsMSE
+    keras.utils.set_random_seed(seed)
+    crops, hms, wts, _ = sample_training_set()
+    # Mirror images double the set (flip pairs swap left / right channels).
+    flip = keras_dpn.COCO_17.flip_index
+    x = np.concatenate([crops, crops[:, :, ::-1]])
+    y = np.concatenate([hms, hms[:, :, ::-1][..., flip]])
+    sw = np.concatenate([wts, wts[:, flip]])
+    x = transforms.normalize_image(x).astype(np.float32)
+    model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=JointsMSE())
+    start = time.time()
+    model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=epochs, shuffle=True,
+              verbose=verbose)
+    seconds = time.time() - start
+    with io_utils.atomic_path(path) as tmp:
+        model.save(tmp)
+    return model, seconds
+
+
+def mean_keypoint_error(a, b, visible=None):
+    """Mean Euclidean distance in pixels between two ``(N, K, >=2)`` arrays."""
+    d = np.linalg.norm(np.asarray(a)[..., :2] - np.asarray(b)[..., :2], axis=-1)
+    if visible is not None:
+        d = d[np.asarray(visible) > 0]
+    return float(d.mean())

@@ -1,0 +1,174 @@
+"""predict_coco and COCOEvaluationCallback with model.fit, ModelCheckpoint and EarlyStopping.
+
+The evaluation data is built from the ground truth of tests/data/coco/test_coco.json:
+each person's keypoints are mapped into its crop and encoded as heatmaps, and
+those heatmaps are the model's "images". An identity model then predicts the
+ground truth, so the whole path (crop geometry, decoding, inverse affine,
+COCO evaluation, logs) must give an AP close to 1.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from keras_dpn import transforms
+from keras_dpn.callbacks import COCOEvaluationCallback
+from keras_dpn.codec import HeatmapCodec, flip_back
+from keras_dpn.evaluation import predict_coco
+from keras_dpn.keypoints import COCO_17
+from keras_dpn.losses import JointsMSE
+
+INPUT, HEATMAP = (256, 192), (64, 48)
+
+
+@pytest.fixture(scope="module")
+def ann_file(test_data_dir):
+    return test_data_dir / "coco" / "test_coco.json"
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return HeatmapCodec(INPUT, HEATMAP, sigma=2.0)
+
+
+@pytest.fixture(scope="module")
+def crops(ann_file, codec):
+    """Ground-truth heatmaps per annotated person and the eval metadata."""
+    with open(ann_file) as f:
+        anns = [a for a in json.load(f)["annotations"] if a["num_keypoints"] > 0]
+    center, scale = transforms.box_to_center_scale(
+        np.array([a["bbox"] for a in anns]), aspect_ratio=INPUT[1] / INPUT[0])
+    heatmaps, weights = [], []
+    for a, c, s in zip(anns, center, scale):
+        kp = np.array(a["keypoints"], np.float64).reshape(17, 3)
+        m = transforms.get_affine_transform(c, s, 0.0, INPUT)
+        hm, w = codec.encode(transforms.affine_transform_points(kp[:, :2], m), kp[:, 2] > 0)
+        heatmaps.append(hm)
+        weights.append(w)
+    meta = {"image_id": np.array([a["image_id"] for a in anns], np.int64),
+            "center": center.astype(np.float32), "scale": scale.astype(np.float32),
+            "score": np.ones(len(anns), np.float32)}
+    return np.stack(heatmaps).astype(np.float32), np.stack(weights), meta
+
+
+def eval_dataset(crops, batch=4):
+    heatmaps, _, meta = crops
+    return tf.data.Dataset.from_tensor_slices((heatmaps, meta)).batch(batch)
+
+
+def train_dataset(crops):
+    heatmaps, weights, _ = crops
+    return tf.data.Dataset.from_tensor_slices((heatmaps, heatmaps, weights)).batch(8)
+
+
+def identity_model():
+    inputs = keras.Input(HEATMAP + (17,))
+    eye = np.eye(17, dtype="float32").reshape(1, 1, 17, 17)
+    outputs = keras.layers.Conv2D(17, 1, use_bias=False, name="head",
+                                  kernel_initializer=keras.initializers.Constant(eye))(inputs)
+    model = keras.Model(inputs, outputs)
+    # A zero learning rate keeps the identity through fit.
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=JointsMSE())
+    return model
+
+
+def test_predict_coco_ground_truth_round_trip(crops, codec, ann_file):
+    from keras_dpn.evaluation import COCOEvaluator
+    results = predict_coco(identity_model(), eval_dataset(crops), codec=codec,
+                           flip_test=False, verbose=0)
+    assert len(results) == len(crops[0])
+    assert {"image_id", "category_id", "keypoints", "score", "center", "scale"} <= set(results[0])
+    ev = COCOEvaluator(ann_file)
+    ev.add_results(results)
+    assert ev.evaluate()["AP"] > 0.9
+
+
+def test_predict_coco_flip_test_matches_numpy(crops, codec):
+    heatmaps, _, meta = crops
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(HEATMAP + (17,))
+    model = keras.Model(inputs, keras.layers.Conv2D(17, 3, padding="same")(inputs))
+    results = predict_coco(model, eval_dataset(crops, batch=5), codec=codec,
+                           keypoint_spec=COCO_17, flip_test=True, verbose=0)
+    out = model.predict(heatmaps, verbose=0)
+    out_flipped = model.predict(heatmaps[:, :, ::-1], verbose=0)
+    merged = 0.5 * (out + flip_back(out_flipped, COCO_17.flip_index, shift=True))
+    expected = codec.decode_to_image(merged, meta["center"], meta["scale"])
+    got = np.array([r["keypoints"] for r in results]).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_predict_coco_bad_input(crops, codec):
+    empty = eval_dataset(crops).take(0)
+    with pytest.raises(ValueError, match="no batch"):
+        predict_coco(identity_model(), empty, codec=codec, verbose=0)
+    with pytest.raises(ValueError, match="17 joints|16 joints"):
+        predict_coco(identity_model(), eval_dataset(crops), codec=codec,
+                     keypoint_spec="mpii", verbose=0, flip_test=False)
+
+
+def test_callback_logs_val_ap_for_checkpoint(crops, codec, ann_file, tmp_path):
+    model = identity_model()
+    cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, flip_test=False,
+                                output_dir=tmp_path, verbose=0)
+    ckpt = tmp_path / "best.weights.h5"
+    history = model.fit(train_dataset(crops), epochs=1, verbose=0, shuffle=False, callbacks=[
+        cb,  # before the callbacks that read val_AP
+        keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_AP", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+    ])
+    for key in ("val_AP", "val_AP50", "val_AP75", "val_APm", "val_APl", "val_AR"):
+        assert key in history.history
+    assert history.history["val_AP"][0] > 0.9
+    assert ckpt.exists()
+    assert (tmp_path / "keypoints_val_results.json").exists()
+    with open(tmp_path / "log.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["val_AP"]) == pytest.approx(history.history["val_AP"][0])
+
+
+def test_checkpoint_keeps_best_and_early_stopping(crops, codec, ann_file, tmp_path):
+    model = identity_model()
+    cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, verbose=0)
+    scripted = [0.1, 0.3, 0.4, 0.2, 0.5]
+    # The AP sequence is scripted so that "best" is known; the real path is
+    # covered by the test above.
+    cb.evaluate = lambda epoch=None: {"AP": scripted[epoch], "AP50": 0.0, "AP75": 0.0,
+                                      "APm": 0.0, "APl": 0.0, "AR": 0.0}
+    history = model.fit(train_dataset(crops), epochs=5, verbose=0, shuffle=False, callbacks=[
+        cb,
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "best_{epoch}.weights.h5"),
+                                        monitor="val_AP", mode="max", save_best_only=True,
+                                        save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_AP", mode="max", patience=1),
+    ])
+    assert history.history["val_AP"] == [0.1, 0.3, 0.4, 0.2]  # stopped after epoch 4
+    saved = sorted(p.name for p in tmp_path.glob("best_*.weights.h5"))
+    assert saved == ["best_1.weights.h5", "best_2.weights.h5", "best_3.weights.h5"]
+    assert cb.best == 0.4
+
+
+def test_every_k_epochs_and_last(crops, codec, ann_file):
+    model = identity_model()
+    cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, every=2,
+                                verbose=0)
+    calls = []
+    cb.evaluate = lambda epoch=None: calls.append(epoch) or {k: 0.5 for k in cb.logged}
+    history = model.fit(train_dataset(crops), epochs=3, verbose=0, shuffle=False, callbacks=[cb])
+    assert calls == [1, 2]  # every 2nd epoch, and the last one
+    assert history.history["val_AP"] == [0.5, 0.5]
+
+
+def test_callback_bad_arguments(crops, ann_file, tmp_path):
+    with pytest.raises(ValueError, match="every"):
+        COCOEvaluationCallback(eval_dataset(crops), ann_file, every=0)
+    with pytest.raises(ValueError, match="logged"):
+        COCOEvaluationCallback(eval_dataset(crops), ann_file, logged=("mAP",))
+    with pytest.raises(ValueError, match="annotation_file"):
+        COCOEvaluationCallback(eval_dataset(crops), tmp_path / "missing.json")

@@ -1,0 +1,89 @@
+"""MPII PCKh reproduces the published validation scores of reference predictions."""
+
+import numpy as np
+import pytest
+
+from keras_dpn.evaluation import mpii
+
+
+@pytest.fixture(scope="module")
+def gt(test_data_dir):
+    return mpii.load_ground_truth(test_data_dir / "mpii" / "gt_valid.mat")
+
+
+@pytest.fixture(scope="module")
+def pred_dir(test_data_dir):
+    return test_data_dir / "mpii" / "reference_preds"
+
+
+def test_ground_truth_layout(gt):
+    assert gt["joints"].shape == (2958, 16, 2)
+    assert gt["headboxes"].shape == (2958, 2, 2)
+    assert gt["joint_names"][:3] == ["rank", "rkne", "rhip"]
+
+
+def test_tompson_published_pckh(gt, pred_dir):
+    # Tompson et al. CVPR'15, MPII validation: PCKh@0.5 mean 82.34.
+    res = mpii.pckh(mpii.load_predictions(pred_dir / "tompson.h5"), gt, one_based=True)
+    assert abs(res.mean[0.5] - 82.34) < 0.01
+    assert 0.1 in res.per_joint and res.mean[0.1] < res.mean[0.5]
+
+
+# bearpaw/pytorch-pose README, PCKh@0.5 "(last)" rows: Head, Shoulder, Elbow,
+# Wrist, Hip, Knee, Ankle, Mean (that repository's mean is unweighted).
+BEARPAW = {
+    "bearpaw-hg_s2_b1.mat": (95.80, 94.57, 88.12, 83.31, 86.24, 80.88, 77.44, 86.76),
+    "bearpaw-hg_s8_b1.mat": (96.79, 95.19, 90.08, 85.32, 87.48, 84.26, 80.73, 88.64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEARPAW))
+def test_bearpaw_published_table(gt, pred_dir, name):
+    res = mpii.evaluate_file(pred_dir / name, gt)
+    g = res.grouped(0.5)
+    got = [g[k] for k in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")]
+    got.append(res.mean_unweighted[0.5])
+    np.testing.assert_allclose(got, BEARPAW[name], atol=0.005 + 1e-9)
+
+
+def test_newell_and_layouts(gt, pred_dir):
+    # newell.h5 is stored (N, 16, 2), tompson.h5 (2, 16, N): both load as (N, 16, 2).
+    assert mpii.load_predictions(pred_dir / "newell.h5").shape == (2958, 16, 2)
+    assert mpii.load_predictions(pred_dir / "tompson.h5").shape == (2958, 16, 2)
+    res = mpii.evaluate_file(pred_dir / "newell.h5", gt)
+    assert round(res.mean[0.5], 2) == 88.43
+
+
+def test_zero_based_predictions_and_mat_round_trip(gt, pred_dir, tmp_path):
+    one_based = mpii.load_predictions(pred_dir / "bearpaw-hg_s1_b1.mat")
+    ref = mpii.pckh(one_based, gt, one_based=True)
+    # This package's 0-based keypoints: shifted by +1 inside pckh.
+    zero = mpii.pckh(one_based - 1.0, gt)
+    assert zero.mean == ref.mean
+    # save_predictions writes the 1-based convention that published files use.
+    path = mpii.save_predictions(tmp_path / "preds.mat", one_based - 1.0)
+    np.testing.assert_allclose(mpii.load_predictions(path), one_based)
+    table = ref.table("hg_s1")
+    assert "Head" in table and "@0.5" in table and "@0.1" in table
+    assert len(ref.joint_table().splitlines()) == 17
+
+
+def test_bad_inputs(gt, pred_dir, tmp_path):
+    preds = mpii.load_predictions(pred_dir / "newell.h5")
+    with pytest.raises(ValueError, match="2958"):
+        mpii.pckh(preds[:100], gt)
+    with pytest.raises(ValueError, match="Received: path="):
+        mpii.load_predictions(tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="Received: path="):
+        mpii.load_ground_truth(tmp_path / "missing.mat")
+    # NaN predictions count as misses, not as errors.
+    nan = preds.copy()
+    nan[:, 9] = np.nan
+    res = mpii.pckh(nan, gt, one_based=True)
+    assert res.per_joint[0.5][9] == 0.0
+
+
+def test_cli_prints_table(test_data_dir, pred_dir, capsys):
+    mpii.main([str(test_data_dir / "mpii" / "gt_valid.mat"), str(pred_dir / "tompson.h5")])
+    out = capsys.readouterr().out
+    assert "tompson" in out and "82.34" in out
