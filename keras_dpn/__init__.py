@@ -12,6 +12,11 @@ from keras_dpn import keypoints, layers
 from keras_dpn.keypoints import COCO_17, MPII_16, KeypointSpec, get_keypoint_spec
 from keras_dpn.layers import Bottleneck, DilationPyramidModule
 from keras_dpn import codec, transforms
+from keras_dpn import callbacks, evaluation, losses, metrics
+from keras_dpn.callbacks import COCOEvaluationCallback, MPIIEvaluationCallback
+from keras_dpn.evaluation import COCOEvaluator, predict_coco
+from keras_dpn.losses import JointsMSE
+from keras_dpn.metrics import HeatmapPCK
 from keras_dpn.codec import HeatmapCodec, flip_back
 # Deployment: inference.py imports LiteRT / ONNX Runtime only when such a file is
 # loaded; export.py imports TF / tf2onnx lazily; qat.py (tfmot) is never imported here.

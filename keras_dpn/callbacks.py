@@ -1,4 +1,4 @@
-"""Keras callbacks: COCO keypoint AP in the epoch logs.
+"""Keras callbacks: COCO keypoint AP and MPII PCKh in the epoch logs.
 
 :class:`COCOEvaluationCallback` predicts the evaluation dataset (with the flip
 test), runs the COCO evaluation and writes ``val_AP``, ``val_AP50``,
@@ -6,28 +6,83 @@ test), runs the COCO evaluation and writes ``val_AP``, ``val_AP50``,
 that every callback *after it* sees them: ``ModelCheckpoint(monitor="val_AP",
 mode="max")``, ``EarlyStopping(monitor="val_AP", mode="max")``, TensorBoard
 (which draws them under its validation run as ``epoch_AP`` ...), CSVLogger and
-the ``History`` that ``model.fit`` returns.
+the ``History`` that ``model.fit`` returns. :class:`MPIIEvaluationCallback`
+does the same with ``val_PCKh`` and ``val_PCKh_0.1``.
 
 **Order matters.** Keras calls ``on_epoch_end`` of the callbacks in the order
-of the ``callbacks=[...]`` list, all with the same logs dict; list this
-callback *before* ModelCheckpoint, EarlyStopping, TensorBoard and CSVLogger.
-Listed after them, they run before ``val_AP`` exists and warn that the
+of the ``callbacks=[...]`` list, all with the same logs dict; list these
+callbacks *before* ModelCheckpoint, EarlyStopping, TensorBoard and CSVLogger.
+Listed after them, those run before ``val_AP`` exists and warn that the
 monitored metric is not available. (``History`` and the progress bar are
 appended by Keras at the end, so they always see it.)
+
+**Pass ``mode="max"``** to ModelCheckpoint / EarlyStopping / ReduceLROnPlateau
+on ``val_AP``: with ``mode="auto"`` Keras 3 cannot infer the direction of a
+metric that is not one of the model's compiled metrics, and raises a
+``ValueError`` at the end of the first epoch.
 """
 
 import os
 
 import keras
+import numpy as np
 
+from keras_dpn.evaluation import mpii
 from keras_dpn.evaluation.coco import METRIC_NAMES, COCOEvaluator
-from keras_dpn.evaluation.predict import predict_coco
-from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+from keras_dpn.evaluation.predict import predict_coco, predict_keypoints
+from keras_dpn.keypoints import COCO_17, MPII_16, get_keypoint_spec
 
 DEFAULT_LOGGED = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
-class COCOEvaluationCallback(keras.callbacks.Callback):
+class _PeriodicEvaluation(keras.callbacks.Callback):
+    """Runs ``evaluate(epoch)`` every ``every`` epochs and the last one; logs its metrics."""
+
+    main_metric = None
+
+    def __init__(self, eval_dataset, every, keypoint_spec, codec, flip_test, logged, prefix,
+                 steps, verbose):
+        super().__init__()
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}")
+        if eval_dataset is None:
+            raise ValueError("`eval_dataset` is required. Received: eval_dataset=None")
+        self.eval_dataset = eval_dataset
+        self.every = every
+        self.keypoint_spec = get_keypoint_spec(keypoint_spec)
+        self.codec = codec
+        self.flip_test = flip_test
+        self.logged = tuple(logged)
+        self.prefix = prefix
+        self.steps = steps
+        self.verbose = verbose
+        self.history = []
+        self.best = float("-inf")
+        self.last_file = None
+
+    def _due(self, epoch):
+        last = (self.params or {}).get("epochs")
+        return (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 == last)
+
+    def evaluate(self, epoch=None):
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._due(epoch):
+            return
+        stats = self.evaluate(epoch)
+        self.history.append((epoch, stats))
+        self.best = max(self.best, stats[self.main_metric])
+        if logs is not None:
+            for name in self.logged:
+                logs[self.prefix + name] = stats[name]
+        if self.verbose:
+            where = f" -> {self.last_file}" if self.last_file else ""
+            summary = " - ".join(f"{self.prefix}{k}: {stats[k]:.4f}" for k in self.logged)
+            print(f"Epoch {epoch + 1}: {summary}{where}", flush=True)
+
+
+class COCOEvaluationCallback(_PeriodicEvaluation):
     """Evaluates COCO keypoint AP every ``every`` epochs and logs ``val_AP`` etc.
 
     Args:
@@ -70,40 +125,24 @@ class COCOEvaluationCallback(keras.callbacks.Callback):
     ...     keras.callbacks.TensorBoard("logs")])  # doctest: +SKIP
     """
 
+    main_metric = "AP"
+
     def __init__(self, eval_dataset, annotation_file, every=1, keypoint_spec=COCO_17,
                  codec=None, flip_test=True, output_dir=None,
                  results_name="keypoints_val_results.json", prefix="val_",
                  logged=DEFAULT_LOGGED, rescore=True, vis_threshold=0.2, nms_threshold=0.9,
                  steps=None, verbose=1):
-        super().__init__()
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"`every` must be a positive integer. Received: every={every!r}")
         unknown = [m for m in logged if m not in METRIC_NAMES]
         if unknown:
             raise ValueError(
                 f"`logged` may name only {list(METRIC_NAMES)}. Received: logged={logged!r}")
-        if eval_dataset is None:
-            raise ValueError("`eval_dataset` is required. Received: eval_dataset=None")
-        self.eval_dataset = eval_dataset
-        self.every = every
-        self.keypoint_spec = get_keypoint_spec(keypoint_spec)
-        self.codec = codec
-        self.flip_test = flip_test
+        super().__init__(eval_dataset, every, keypoint_spec, codec, flip_test, logged, prefix,
+                         steps, verbose)
         self.results_name = results_name
-        self.prefix = prefix
-        self.logged = tuple(logged)
-        self.steps = steps
-        self.verbose = verbose
         # Built now so that a wrong annotation path fails before training starts.
         self.evaluator = COCOEvaluator(annotation_file, keypoint_spec=self.keypoint_spec,
                                        output_dir=output_dir, rescore=rescore,
                                        vis_threshold=vis_threshold, nms_threshold=nms_threshold)
-        self.history = []
-        self.best = float("-inf")
-
-    def _due(self, epoch):
-        last = (self.params or {}).get("epochs")
-        return (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 == last)
 
     def evaluate(self, epoch=None):
         """Runs prediction and COCO evaluation now; returns the metrics dict."""
@@ -111,22 +150,72 @@ class COCOEvaluationCallback(keras.callbacks.Callback):
                                keypoint_spec=self.keypoint_spec, flip_test=self.flip_test,
                                steps=self.steps, verbose=self.verbose)
         self.evaluator.reset()
-        self.evaluator.results_name = self.results_name.format(
-            epoch=(epoch or 0) + 1)
+        self.evaluator.results_name = self.results_name.format(epoch=(epoch or 0) + 1)
         self.evaluator.add_results(results)
-        return self.evaluator.evaluate()
+        stats = self.evaluator.evaluate()
+        self.last_file = self.evaluator.results_file
+        return stats
 
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._due(epoch):
-            return
-        stats = self.evaluate(epoch)
-        self.history.append((epoch, stats))
-        self.best = max(self.best, stats["AP"])
-        if logs is not None:
-            for name in self.logged:
-                logs[self.prefix + name] = stats[name]
-        if self.verbose:
-            where = (f" -> {os.path.relpath(self.evaluator.results_file)}"
-                     if self.evaluator.results_file else "")
-            summary = " - ".join(f"{self.prefix}{k}: {stats[k]:.4f}" for k in self.logged)
-            print(f"Epoch {epoch + 1}: COCO keypoints {summary}{where}", flush=True)
+
+class MPIIEvaluationCallback(_PeriodicEvaluation):
+    """Evaluates MPII PCKh every ``every`` epochs and logs ``val_PCKh`` and ``val_PCKh_0.1``.
+
+    The values are percentages, the standard mean without pelvis and thorax
+    (see :mod:`keras_dpn.evaluation.mpii`). The evaluation dataset's meta
+    ``person_id`` gives each prediction's row of the ground truth, so a part
+    of the validation split (the bundled sample) is scored on its own rows;
+    without ``person_id`` the predictions must cover the whole split in order.
+
+    Args:
+        eval_dataset: MPII ``(images, meta)`` batches
+            (``build_dataset(..., dataset="mpii", training=False)``).
+        ground_truth_file: ``gt_valid.mat``.
+        every: evaluate after every ``every``-th epoch, and the last one.
+        keypoint_spec: the 16-joint MPII spec (flip pairs).
+        codec, flip_test, steps, verbose: as :class:`COCOEvaluationCallback`.
+        output_dir: where the predictions go as a ``.mat`` (key ``preds``,
+            1-based, rows sorted by ``person_id``; key ``person_id`` too);
+            ``None`` writes none.
+        results_name: file name in ``output_dir`` (``{epoch}`` is filled in).
+        prefix: prefix of the log keys.
+
+    Example:
+    >>> cb = MPIIEvaluationCallback(val_ds, "gt_valid.mat", output_dir="logs")  # doctest: +SKIP
+    >>> model.fit(train_ds, epochs=140, callbacks=[cb, keras.callbacks.ModelCheckpoint(
+    ...     "best.keras", monitor="val_PCKh", mode="max", save_best_only=True)])  # doctest: +SKIP
+    """
+
+    main_metric = "PCKh"
+
+    def __init__(self, eval_dataset, ground_truth_file, every=1, keypoint_spec=MPII_16,
+                 codec=None, flip_test=True, output_dir=None, results_name="pred_valid.mat",
+                 prefix="val_", steps=None, verbose=1):
+        super().__init__(eval_dataset, every, keypoint_spec, codec, flip_test,
+                         ("PCKh", "PCKh_0.1"), prefix, steps, verbose)
+        # Loaded now: a wrong path fails before training starts.
+        self.ground_truth = mpii.load_ground_truth(ground_truth_file)
+        n_gt = len(self.ground_truth["joint_names"])
+        if self.keypoint_spec.num_keypoints != n_gt:
+            raise ValueError(
+                f"The ground truth has {n_gt} joints but the keypoint spec "
+                f"{self.keypoint_spec.name!r} has {self.keypoint_spec.num_keypoints}. "
+                f"Received: keypoint_spec={self.keypoint_spec.name!r}")
+        self.output_dir = output_dir
+        self.results_name = results_name
+        self.result = None
+
+    def evaluate(self, epoch=None):
+        """Runs prediction and PCKh now; returns ``{"PCKh": ..., "PCKh_0.1": ...}``."""
+        out = predict_keypoints(self.model, self.eval_dataset, codec=self.codec,
+                                keypoint_spec=self.keypoint_spec, flip_test=self.flip_test,
+                                steps=self.steps, verbose=self.verbose)
+        preds, rows = out["keypoints"][..., :2], out.get("person_id")
+        if rows is not None:
+            order = np.argsort(rows, kind="stable")
+            preds, rows = preds[order], rows[order]
+        self.result = mpii.pckh(preds, self.ground_truth, thresholds=(0.5, 0.1), indices=rows)
+        if self.output_dir is not None:
+            path = os.path.join(self.output_dir, self.results_name.format(epoch=(epoch or 0) + 1))
+            mpii.save_predictions(path, preds, person_id=rows)
+            self.last_file = path
+        return {"PCKh": self.result.mean[0.5], "PCKh_0.1": self.result.mean[0.1]}

@@ -30,8 +30,8 @@ class JointsMSE(keras.losses.Loss):
     ``(B, K)`` target weights to this loss as ``sample_weight``. The loss
     reduces the pixels itself and applies the weights per ``(sample, joint)``,
     so Keras never broadcasts a ``(B, K)`` weight against a ``(B, h, w, K)``
-    tensor (which would silently align the weight's batch axis with the
-    heatmap's width axis). A weight of shape ``(B, K, 1)`` (the PyTorch
+    tensor (which aligns the weight's joint axis with the heatmap's width
+    axis: an error in most shapes, silently wrong in some). A weight of shape ``(B, K, 1)`` (the PyTorch
     reference layout) is accepted as well; any other shape is an error.
 
     Args:

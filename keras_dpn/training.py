@@ -106,6 +106,10 @@ def get_strategy(name="mirrored"):
     Raises:
         ValueError: unknown name, or ``TF_CONFIG`` that is not valid JSON or
             names no cluster.
+
+    Call it for ``"multi_worker"`` before any other TensorFlow work (datasets,
+    seeding, models): the strategy configures collective ops, which the TF
+    runtime accepts only before it starts.
     """
     if isinstance(name, tf.distribute.Strategy):
         return name

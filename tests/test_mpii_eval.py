@@ -87,3 +87,57 @@ def test_cli_prints_table(test_data_dir, pred_dir, capsys):
     mpii.main([str(test_data_dir / "mpii" / "gt_valid.mat"), str(pred_dir / "tompson.h5")])
     out = capsys.readouterr().out
     assert "tompson" in out and "82.34" in out
+
+
+@pytest.fixture(scope="module")
+def mpii_sample_shards(sample_dir, tmp_path_factory):
+    from keras_dpn.data import build_mpii_shards
+    out = tmp_path_factory.mktemp("mpii_shards")
+    build_mpii_shards(sample_dir / "mpii" / "valid_sample.json", sample_dir / "mpii" / "images",
+                      str(out / "mpii"), 1, num_workers=1, progress=False, verbose=False)
+    return str(out / "mpii-*")
+
+
+def test_sample_ground_truth_through_pipeline_scores_100(gt, mpii_sample_shards):
+    """The data pipeline's 0-based keypoints, +1 in pckh, land on gt_valid.mat's 1-based ones."""
+    from keras_dpn.data import build_dataset
+    ds = build_dataset(mpii_sample_shards, dataset="mpii", training=False, batch_size=8,
+                       input_size=(64, 64), heatmap_size=(16, 16), verbose=False)
+    kp, rows = [], []
+    for _, meta in ds:
+        kp.append(meta["keypoints"].numpy())
+        rows.append(meta["person_id"].numpy())
+    kp, rows = np.concatenate(kp), np.concatenate(rows)
+    assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
+    res = mpii.pckh(kp[..., :2], gt, indices=rows, thresholds=(0.5, 0.1, 0.01))
+    assert res.num_people == 5
+    assert res.mean[0.01] == 100.0
+    # Forgetting the 0/1-based shift is visible at a tight threshold.
+    assert mpii.pckh(kp[..., :2], gt, indices=rows, one_based=True,
+                     thresholds=(0.01,)).mean[0.01] < 100.0
+
+
+def test_mpii_callback_logs_pckh(gt, test_data_dir, mpii_sample_shards, tmp_path):
+    import keras
+    from keras_dpn.callbacks import MPIIEvaluationCallback
+    from keras_dpn.data import build_dataset
+    from keras_dpn.losses import JointsMSE
+    kwargs = dict(dataset="mpii", batch_size=4, input_size=(64, 64), heatmap_size=(16, 16),
+                  verbose=False)
+    train = build_dataset(mpii_sample_shards, training=True, **kwargs)
+    val = build_dataset(mpii_sample_shards, training=False, **kwargs)
+    inputs = keras.Input((64, 64, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(16, 4, strides=4)(inputs))
+    model.compile(optimizer="adam", loss=JointsMSE())
+    cb = MPIIEvaluationCallback(val, test_data_dir / "mpii" / "gt_valid.mat",
+                                output_dir=tmp_path, verbose=0)
+    history = model.fit(train, epochs=1, verbose=0, shuffle=False, callbacks=[
+        cb, keras.callbacks.ModelCheckpoint(str(tmp_path / "best.weights.h5"),
+                                            monitor="val_PCKh", mode="max",
+                                            save_best_only=True, save_weights_only=True)])
+    assert 0.0 <= history.history["val_PCKh"][0] <= 100.0
+    assert "val_PCKh_0.1" in history.history
+    assert cb.result.num_people == 5
+    assert (tmp_path / "best.weights.h5").exists()
+    saved = mpii.load_predictions(tmp_path / "pred_valid.mat")
+    assert saved.shape == (5, 16, 2)

@@ -47,6 +47,9 @@ def _worker(out_dir, epochs):
     from keras_dpn import training
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    # First TF call of the process: collective ops must be configured before
+    # anything (even a dataset) initializes the runtime.
+    strategy = training.get_strategy("multi_worker")
     rng = np.random.default_rng(0)
     images = rng.normal(size=(24, 32, 32, 3)).astype("float32")
     heatmaps = rng.uniform(size=(24, 8, 8, 3)).astype("float32")
@@ -64,7 +67,7 @@ def _worker(out_dir, epochs):
         return model
 
     trainer = training.Trainer(model_fn, output_dir=os.path.join(out_dir, "run"),
-                               strategy="multi_worker", epochs=epochs, steps_per_epoch=STEPS,
+                               strategy=strategy, epochs=epochs, steps_per_epoch=STEPS,
                                learning_rate=1e-2, lr_boundaries=(1,), verbose=0,
                                seed=1)  # same initial weights on every worker
     assert trainer.loop == "custom"

@@ -57,12 +57,11 @@ class PersonParser:
         self.codec = HeatmapCodec(input_size, heatmap_size, sigma, unbiased=unbiased_encoding)
         self.input_size = self.codec.input_size
         self.aspect_ratio = self.input_size[1] / self.input_size[0]
-        for name, value, hi in (("scale_factor", scale_factor, 1.0),
-                                ("rotation_prob", rotation_prob, 1.0),
-                                ("flip_prob", flip_prob, 1.0)):
-            if not 0 <= value < hi + 1e-9 or (name == "scale_factor" and value >= 1):
-                raise ValueError(f"`{name}` must be in [0, {hi}{')' if name == 'scale_factor' else ']'}. "
-                                 f"Received: {name}={value!r}")
+        if not 0 <= scale_factor < 1:
+            raise ValueError(f"`scale_factor` must be in [0, 1). Received: scale_factor={scale_factor!r}")
+        for name, value in (("rotation_prob", rotation_prob), ("flip_prob", flip_prob)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value!r}")
         if half_body_prob is None:
             half_body_prob = 0.0 if self.spec.name == "mpii" else 0.3
         if not 0 <= half_body_prob <= 1:
@@ -118,8 +117,69 @@ class PersonParser:
         return mean, tf.stack([w2, h2]) * 1.5, n_sel >= 2
 
     # ------------------------------------------------------------------ train
+    def sample_augmentation(self, joints, vis, center, scale, seed):
+        """Draws the reference's random crop parameters for one person.
+
+        Args:
+            joints: ``(K, 2)`` image pixels; vis: ``(K,)`` in {0, 1}.
+            center, scale: ``(2,)`` window from :meth:`center_scale`.
+            seed: int ``(2,)`` stateless seed.
+
+        Returns:
+            ``(center, scale, rotation_degrees, flip)`` tensors.
+        """
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
+        uni = lambda i: tf.random.stateless_uniform([], seeds[i])  # noqa: E731
+        normal = lambda i: tf.random.stateless_normal([], seeds[i])  # noqa: E731
+        if self.half_body_prob > 0:
+            n_vis = tf.reduce_sum(tf.cast(vis > 0, tf.int32))
+            hb_center, hb_scale, hb_ok = self._half_body(joints, vis, uni(1))
+            use = (n_vis > self.half_body_min_joints) & (uni(0) < self.half_body_prob) & hb_ok
+            center = tf.where(use, hb_center, center)
+            scale = tf.where(use, hb_scale, scale)
+        sf, rf = self.scale_factor, self.rotation_factor
+        scale = scale * tf.clip_by_value(normal(2) * sf + 1.0, 1.0 - sf, 1.0 + sf)
+        rotation = tf.where(uni(3) <= self.rotation_prob,
+                            tf.clip_by_value(normal(4) * rf, -2.0 * rf, 2.0 * rf), 0.0)
+        flip = uni(5) < self.flip_prob
+        return center, scale, rotation, flip
+
+    def transform(self, image, joints, vis, center, scale, rotation, flip):
+        """One warp of the image and the same matrix on the joints; targets.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 tensor.
+            joints: ``(K, 2)`` image pixels; vis: ``(K,)``.
+            center, scale: ``(2,)`` window in the *unflipped* image.
+            rotation: degrees; flip: bool.
+
+        Returns:
+            ``(image (H, W, 3) float32 normalized, heatmaps (h, w, K), target_weight (K,))``.
+        """
+        img_w = tf.cast(tf.shape(image)[1], tf.float32)
+        # The reference flips the image, mirrors the joints (x -> W - 1 - x),
+        # swaps left/right and mirrors the center; the crop matrix of the
+        # flipped image composed with the flip matrix does all of it in one warp.
+        center = tf.where(flip, tf.stack([img_w - 1.0 - center[0], center[1]]), center)
+        crop = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size)
+        crop_inv = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size,
+                                                      inverse=True)
+        identity = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        pre = tf.where(flip, transforms.flip_matrix_tf(img_w), identity)
+        forward = transforms.compose_affine_tf(crop, pre)
+        inverse = transforms.compose_affine_tf(pre, crop_inv)  # the flip is its own inverse
+        joints = transforms.affine_transform_points_tf(joints, forward)
+        perm = tf.where(flip, self._flip_index, tf.range(self.spec.num_keypoints))
+        joints = tf.gather(joints, perm)
+        vis = tf.gather(vis, perm)
+        crop_img = transforms.warp_image_tf(image, inverse, self.input_size)
+        crop_img = transforms.normalize_image(crop_img / 255.0)
+        crop_img.set_shape(self.input_size + (3,))
+        heatmaps, weight = self.codec.encode_tf(joints, vis)
+        return crop_img, heatmaps, weight * self._joint_weights
+
     def parse_train(self, person, seed):
-        """One training example.
+        """One training example: decode, sample augmentation, warp, encode.
 
         Args:
             person: dict with ``encoded``, ``bbox`` (4,), ``keypoints`` (K, 3),
@@ -130,50 +190,11 @@ class PersonParser:
             ``(image (H, W, 3) float32 normalized, heatmaps (h, w, K), target_weight (K,))``.
         """
         image = tf.io.decode_jpeg(person["encoded"], channels=3)
-        img_w = tf.cast(tf.shape(image)[1], tf.float32)
         kp = tf.cast(person["keypoints"], tf.float32)
         joints, vis = kp[:, :2], tf.minimum(kp[:, 2], 1.0)
         center, scale = self.center_scale(person)
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=7)
-        uni = lambda i: tf.random.stateless_uniform([], seeds[i])  # noqa: E731
-        normal = lambda i: tf.random.stateless_normal([], seeds[i])  # noqa: E731
-
-        if self.half_body_prob > 0:
-            n_vis = tf.reduce_sum(tf.cast(vis > 0, tf.int32))
-            hb_center, hb_scale, hb_ok = self._half_body(joints, vis, uni(1))
-            use = (n_vis > self.half_body_min_joints) & (uni(0) < self.half_body_prob) & hb_ok
-            center = tf.where(use, hb_center, center)
-            scale = tf.where(use, hb_scale, scale)
-
-        sf, rf = self.scale_factor, self.rotation_factor
-        scale = scale * tf.clip_by_value(normal(2) * sf + 1.0, 1.0 - sf, 1.0 + sf)
-        rotation = tf.where(uni(3) <= self.rotation_prob,
-                            tf.clip_by_value(normal(4) * rf, -2.0 * rf, 2.0 * rf), 0.0)
-        flip = uni(5) < self.flip_prob
-
-        # The reference flips the image, mirrors the joints (x -> W - 1 - x),
-        # swaps left/right and mirrors the center; the crop matrix of the
-        # flipped image composed with the flip matrix does all of it in one warp.
-        center = tf.where(flip, tf.stack([img_w - 1.0 - center[0], center[1]]), center)
-        crop = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size)
-        crop_inv = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size,
-                                                      inverse=True)
-        flip_m = transforms.flip_matrix_tf(img_w)
-        identity = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        pre = tf.where(flip, flip_m, identity)  # source -> (flipped) source
-        forward = transforms.compose_affine_tf(crop, pre)
-        inverse = transforms.compose_affine_tf(pre, crop_inv)  # the flip is its own inverse
-        joints = transforms.affine_transform_points_tf(joints, forward)
-        perm = tf.where(flip, self._flip_index, tf.range(self.spec.num_keypoints))
-        joints = tf.gather(joints, perm)
-        vis = tf.gather(vis, perm)
-
-        crop_img = transforms.warp_image_tf(image, inverse, self.input_size)
-        crop_img = transforms.normalize_image(crop_img / 255.0)
-        heatmaps, weight = self.codec.encode_tf(joints, vis)
-        weight = weight * self._joint_weights
-        crop_img.set_shape(self.input_size + (3,))
-        return crop_img, heatmaps, weight
+        center, scale, rotation, flip = self.sample_augmentation(joints, vis, center, scale, seed)
+        return self.transform(image, joints, vis, center, scale, rotation, flip)
 
     # ------------------------------------------------------------------- eval
     def parse_eval(self, person):

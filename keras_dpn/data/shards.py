@@ -43,6 +43,10 @@ SKIP_REASONS = {
     "image_without_people_dropped": "image left without people (dropped by request)",
 }
 # Changes that keep the data but are worth knowing about.
+# Spawning a worker costs seconds (it imports TensorFlow); below this many
+# images per worker, writing in this process is faster.
+MIN_IMAGES_PER_WORKER = 100
+
 NOTE_REASONS = {
     "joints_outside_image_set_invisible": "labelled joints outside the image, marked invisible",
     "image_size_differs_from_annotation": "decoded size differs from the annotation's; decoded used",
@@ -268,7 +272,7 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(entries), unit="img", desc=f"shards -> {os.path.basename(output_prefix)}")
-    workers = min(num_workers, num_shards)
+    workers = min(num_workers, num_shards, max(1, len(entries) // MIN_IMAGES_PER_WORKER))
     if workers == 1:
         results = []
         for job in jobs:

@@ -110,19 +110,26 @@ def load_predictions(path, key="preds"):
     return preds
 
 
-def save_predictions(path, preds, one_based=False):
+def save_predictions(path, preds, one_based=False, person_id=None):
     """Writes ``preds`` ``(N, 16, 2)`` to a ``.mat`` file (key ``preds``) in the 1-based convention.
 
     Args:
         path: output ``.mat`` path (written atomically).
         preds: keypoints in image pixels.
         one_based: whether ``preds`` already are 1-based; 0-based ones get +1.
+        person_id: optional ``(N,)`` ground-truth rows, stored as ``person_id``.
+
+    Returns:
+        ``path``.
     """
     from scipy.io import savemat
 
     preds = np.asarray(preds, np.float64)[..., :2] + (0.0 if one_based else 1.0)
+    content = {"preds": preds}
+    if person_id is not None:
+        content["person_id"] = np.asarray(person_id, np.int64).reshape(-1)
     with atomic_path(path) as tmp:
-        savemat(tmp, {"preds": preds})
+        savemat(tmp, content)
     return path
 
 
@@ -136,6 +143,7 @@ class PCKhResult:
         mean: ``{threshold: float}``, pooled over joints without pelvis and thorax.
         mean_unweighted: ``{threshold: float}``, plain mean of those 14 joints.
         counts: ``(16,)`` number of annotated (not missing) joints.
+        num_people: number of people scored.
     """
 
     joint_names: Tuple[str, ...]
@@ -143,6 +151,7 @@ class PCKhResult:
     mean: Dict[float, float]
     mean_unweighted: Dict[float, float]
     counts: np.ndarray
+    num_people: int = 0
 
     def grouped(self, threshold=0.5):
         """``{"Head": ..., "Shoulder": ..., ..., "Ankle": ..., "Mean": ...}`` (left/right averaged)."""
@@ -182,7 +191,8 @@ class PCKhResult:
         return "\n".join(lines)
 
 
-def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC_BIAS):
+def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC_BIAS,
+         indices=None):
     """PCKh of predictions against MPII ground truth.
 
     Args:
@@ -194,6 +204,9 @@ def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC
         one_based: whether ``preds`` use the MATLAB 1-based convention of the
             ground truth (published files do; this package's predictions do not).
         sc_bias: head size factor on the head box diagonal (0.6, standard).
+        indices: ground-truth rows that ``preds`` belong to (the eval meta's
+            ``person_id``), to score a part of the split (e.g. the bundled
+            sample); ``None``: ``preds`` cover the whole split, in order.
 
     Returns:
         :class:`PCKhResult`.
@@ -207,6 +220,15 @@ def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC
     """
     gt = ground_truth if isinstance(ground_truth, dict) else load_ground_truth(ground_truth)
     joints, missing, boxes = gt["joints"], gt["missing"], gt["headboxes"]
+    if indices is not None:
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(joints)):
+            raise ValueError(
+                f"`indices` must be ground-truth rows in 0..{len(joints) - 1}. "
+                f"Received: indices with min {indices.min()} and max {indices.max()}")
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError("`indices` must not repeat a person. Received: duplicated indices")
+        joints, missing, boxes = joints[indices], missing[indices], boxes[indices]
     preds = np.asarray(preds, np.float64)
     if preds.ndim != 3 or preds.shape[1:2] != joints.shape[1:2] or preds.shape[2] < 2:
         raise ValueError(
@@ -233,10 +255,12 @@ def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC
         with np.errstate(invalid="ignore", divide="ignore"):
             pj = 100.0 * correct.sum(axis=0) / counts
         per_joint[t] = pj
-        mean[t] = float(100.0 * correct[:, keep].sum() / counts[keep].sum())
-        mean_uw[t] = float(np.nanmean(pj[keep]))
+        total = counts[keep].sum()
+        mean[t] = float(100.0 * correct[:, keep].sum() / total) if total else float("nan")
+        scored = pj[keep][counts[keep] > 0]
+        mean_uw[t] = float(scored.mean()) if scored.size else float("nan")
     return PCKhResult(joint_names=names, per_joint=per_joint, mean=mean,
-                      mean_unweighted=mean_uw, counts=counts)
+                      mean_unweighted=mean_uw, counts=counts, num_people=len(joints))
 
 
 def evaluate_file(pred_file, gt_file, thresholds=(0.5, 0.1), one_based=True):

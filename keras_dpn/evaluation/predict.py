@@ -1,10 +1,11 @@
 """Top-down prediction over an evaluation dataset, with the flip test.
 
-:func:`predict_coco` runs a heatmap model over the person crops of an
+:func:`predict_keypoints` runs a heatmap model over the person crops of an
 evaluation dataset (batches ``(images, meta)`` as built by
 ``keras_dpn.data.build_dataset(..., training=False)``), decodes each crop's
-heatmaps to keypoints in original image pixels, and returns one COCO-style
-result per crop, ready for :class:`~keras_dpn.evaluation.COCOEvaluator`.
+heatmaps to keypoints in original image pixels, and returns them as arrays in
+dataset order (MPII PCKh reads these); :func:`predict_coco` returns one
+COCO-style result per crop, ready for :class:`~keras_dpn.evaluation.COCOEvaluator`.
 
 Flip test (the reference's ``TEST.FLIP_TEST`` with ``SHIFT_HEATMAP``): the
 mirrored crops go through the model in the same batch as the crops, their
@@ -47,8 +48,11 @@ def _infer_fn(model, flip_index, flip_test, shift_heatmap):
     if key in per_model:
         return per_model[key]
 
+    # A weak reference: the cache entry must not keep its own key alive.
+    model_ref = weakref.ref(model)
+
     def heatmaps_of(x):
-        out = model(x, training=False)
+        out = model_ref()(x, training=False)
         if isinstance(out, (list, tuple)):
             out = out[-1]  # multi-stage models: the last stage is the prediction
         return tf.cast(out, tf.float32)
@@ -69,17 +73,17 @@ def _numpy(x):
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=True,
-                 shift_heatmap=True, steps=None, verbose=1, category_id=1):
-    """Predicts keypoints for every person crop of an evaluation dataset.
+def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=True,
+                      shift_heatmap=True, steps=None, verbose=1):
+    """Predicts keypoints in original image pixels for every crop of an evaluation dataset.
 
     Args:
         model: Keras model mapping ``(B, H, W, 3)`` crops to ``(B, h, w, K)``
             heatmaps.
         dataset: iterable (e.g. ``tf.data.Dataset``) of ``(images, meta)``
             batches; ``meta`` is a dict with ``image_id (B,)``, ``center (B, 2)``
-            and ``scale (B, 2)`` (crop size in pixels) and ``score (B,)`` (box
-            score; 1 for ground-truth boxes).
+            and ``scale (B, 2)`` (crop size in pixels), optionally ``score (B,)``
+            (box score; 1 for ground-truth boxes) and ``person_id (B,)``.
         codec: the :class:`~keras_dpn.codec.HeatmapCodec`; by default one
             built from the model's input and output sizes.
         keypoint_spec: keypoint set (flip pairs for the flip test).
@@ -88,7 +92,80 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
             reference.
         steps: stop after this many batches (``None``: the whole dataset).
         verbose: 1 shows a progress bar.
-        category_id: COCO category of the results.
+
+    Returns:
+        dict of numpy arrays in dataset order: ``keypoints`` float32
+        ``(N, K, 3)`` (x, y, heatmap maximum; 0-based image pixels),
+        ``image_id`` int64 ``(N,)``, ``center`` and ``scale`` ``(N, 2)``,
+        ``score`` ``(N,)`` and, when the meta has it, ``person_id`` ``(N,)``.
+
+    Raises:
+        ValueError: if the dataset yields no batch, or the model's heatmaps
+            do not have one channel per joint of ``keypoint_spec``.
+
+    Example:
+    >>> out = predict_keypoints(model, mpii_val_ds, keypoint_spec="mpii")  # doctest: +SKIP
+    >>> out["keypoints"].shape  # doctest: +SKIP
+    (2958, 16, 3)
+    """
+    import keras
+
+    spec = get_keypoint_spec(keypoint_spec)
+    codec = codec_for_model(model) if codec is None else codec
+    flip_index = spec.flip_index if flip_test else None
+    infer = _infer_fn(model, flip_index, flip_test, shift_heatmap)
+
+    target = steps
+    if target is None and hasattr(dataset, "cardinality"):
+        card = int(dataset.cardinality())
+        target = card if card >= 0 else None  # -1 infinite, -2 unknown
+    progbar = (keras.utils.Progbar(target, unit_name="batch", stateful_metrics=["people"])
+               if verbose else None)
+
+    parts = {k: [] for k in ("keypoints", "image_id", "center", "scale", "score", "person_id")}
+    n_batches = n_people = 0
+    for batch in dataset:
+        if steps is not None and n_batches >= steps:
+            break
+        images, meta = batch[0], batch[1]
+        heatmaps = _numpy(infer(images))
+        if heatmaps.shape[-1] != spec.num_keypoints:
+            raise ValueError(
+                f"The model predicts {heatmaps.shape[-1]} heatmaps but the keypoint spec "
+                f"{spec.name!r} has {spec.num_keypoints} joints. "
+                f"Received: keypoint_spec={spec.name!r}")
+        centers = _numpy(meta["center"]).reshape(-1, 2)
+        scales = _numpy(meta["scale"]).reshape(-1, 2)
+        image_ids = _numpy(meta["image_id"]).reshape(-1).astype(np.int64)
+        b = len(image_ids)
+        parts["keypoints"].append(codec.decode_to_image(heatmaps, centers, scales))
+        parts["image_id"].append(image_ids)
+        parts["center"].append(centers)
+        parts["scale"].append(scales)
+        parts["score"].append(_numpy(meta["score"]).reshape(-1) if "score" in meta
+                              else np.ones(b, np.float32))
+        if "person_id" in meta:
+            parts["person_id"].append(_numpy(meta["person_id"]).reshape(-1).astype(np.int64))
+        n_batches += 1
+        n_people += b
+        if progbar is not None:
+            progbar.update(n_batches, values=[("people", n_people)], finalize=False)
+    if progbar is not None:
+        progbar.update(n_batches, values=[("people", n_people)], finalize=True)
+    if n_batches == 0:
+        raise ValueError(
+            "The evaluation dataset yielded no batch: check its file pattern and that "
+            f"its shards are not empty. Received: dataset={dataset!r}")
+    if len(parts["person_id"]) != n_batches:
+        del parts["person_id"]
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=True,
+                 shift_heatmap=True, steps=None, verbose=1, category_id=1):
+    """Predicts every person crop of an evaluation dataset as COCO results.
+
+    Runs :func:`predict_keypoints` (same arguments) and formats its output.
 
     Returns:
         List of dicts, one per crop: ``image_id``, ``category_id``,
@@ -105,54 +182,15 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
     >>> ev = COCOEvaluator("person_keypoints_val2017.json"); ev.add_results(results)  # doctest: +SKIP
     >>> ev.evaluate()["AP"]  # doctest: +SKIP
     """
-    import keras
-
-    spec = get_keypoint_spec(keypoint_spec)
-    codec = codec_for_model(model) if codec is None else codec
-    flip_index = spec.flip_index if flip_test else None
-    infer = _infer_fn(model, flip_index, flip_test, shift_heatmap)
-
-    target = steps
-    if target is None and hasattr(dataset, "cardinality"):
-        card = int(dataset.cardinality())
-        target = card if card >= 0 else None  # -1 infinite, -2 unknown
-    progbar = (keras.utils.Progbar(target, unit_name="batch", stateful_metrics=["people"])
-               if verbose else None)
-
-    results = []
-    n_batches = 0
-    for batch in dataset:
-        if steps is not None and n_batches >= steps:
-            break
-        images, meta = batch[0], batch[1]
-        heatmaps = _numpy(infer(images))
-        if heatmaps.shape[-1] != spec.num_keypoints:
-            raise ValueError(
-                f"The model predicts {heatmaps.shape[-1]} heatmaps but the keypoint spec "
-                f"{spec.name!r} has {spec.num_keypoints} joints. "
-                f"Received: keypoint_spec={spec.name!r}")
-        centers = _numpy(meta["center"]).reshape(-1, 2)
-        scales = _numpy(meta["scale"]).reshape(-1, 2)
-        image_ids = _numpy(meta["image_id"]).reshape(-1)
-        scores = (_numpy(meta["score"]).reshape(-1) if "score" in meta
-                  else np.ones(len(image_ids), np.float32))
-        keypoints = codec.decode_to_image(heatmaps, centers, scales)
-        for i in range(len(image_ids)):
-            results.append({
-                "image_id": int(image_ids[i]),
-                "category_id": int(category_id),
-                "keypoints": keypoints[i].astype(np.float64).reshape(-1).tolist(),
-                "score": float(scores[i]),
-                "center": centers[i].astype(np.float64).tolist(),
-                "scale": scales[i].astype(np.float64).tolist(),
-            })
-        n_batches += 1
-        if progbar is not None:
-            progbar.update(n_batches, values=[("people", len(results))], finalize=False)
-    if progbar is not None:
-        progbar.update(n_batches, values=[("people", len(results))], finalize=True)
-    if n_batches == 0:
-        raise ValueError(
-            "The evaluation dataset yielded no batch: check its file pattern and that "
-            f"its shards are not empty. Received: dataset={dataset!r}")
-    return results
+    out = predict_keypoints(model, dataset, codec=codec, keypoint_spec=keypoint_spec,
+                            flip_test=flip_test, shift_heatmap=shift_heatmap, steps=steps,
+                            verbose=verbose)
+    kp = out["keypoints"].astype(np.float64)
+    return [{
+        "image_id": int(out["image_id"][i]),
+        "category_id": int(category_id),
+        "keypoints": kp[i].reshape(-1).tolist(),
+        "score": float(out["score"][i]),
+        "center": out["center"][i].astype(np.float64).tolist(),
+        "scale": out["scale"][i].astype(np.float64).tolist(),
+    } for i in range(len(kp))]

@@ -1,0 +1,428 @@
+"""The input pipeline: reference agreement, synthetic dots, evaluation meta, bad input."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dpn import data, transforms as T
+from keras_dpn.codec import HeatmapCodec
+from keras_dpn.data.parser import PersonParser
+from keras_dpn.keypoints import COCO_17, KeypointSpec
+
+# A synthetic person, 17 COCO joints in a 600 x 630 image, >= 45 px apart.
+JOINTS = 1.5 * np.array([
+    [200, 50], [230, 40], [170, 40], [260, 60], [140, 60], [250, 110], [150, 110], [290, 160],
+    [110, 160], [320, 210], [80, 210], [235, 220], [165, 220], [245, 300], [155, 300],
+    [250, 370], [150, 370]], np.float64)
+LEFT = [i for i, n in enumerate(COCO_17.names) if n.startswith("left")]
+RIGHT = [i for i, n in enumerate(COCO_17.names) if n.startswith("right")]
+COLORS = {"left": (255, 0, 0), "right": (0, 255, 0), "center": (0, 0, 255)}
+
+
+def side(j):
+    return "left" if j in LEFT else "right" if j in RIGHT else "center"
+
+
+def paint_person(shift=(0, 0), size=(630, 600)):
+    img = np.zeros(size + (3,), np.uint8)
+    joints = JOINTS + np.asarray(shift)
+    for j, (x, y) in enumerate(joints):
+        cv2.circle(img, (int(round(x)), int(round(y))), 6, COLORS[side(j)][::-1], -1)  # BGR
+    return img, joints
+
+
+def write_coco(tmp_path, images, k=17, extra_annotations=(), name="ann.json"):
+    """images: list of (file_name, bgr image or None, [(bbox, keypoints (k, 3))])."""
+    img_dir = tmp_path / "images"
+    img_dir.mkdir(exist_ok=True)
+    out = {"images": [], "annotations": list(extra_annotations),
+           "categories": [{"id": 1, "name": "person", "keypoints": [f"j{i}" for i in range(k)]}]}
+    ann_id = 1000
+    for i, (fname, img, people) in enumerate(images):
+        h, w = (img.shape[:2] if img is not None else (100, 100))
+        if img is not None:
+            cv2.imwrite(str(img_dir / fname), img, [cv2.IMWRITE_JPEG_QUALITY, 97])
+        out["images"].append({"id": i + 1, "file_name": fname, "height": h, "width": w})
+        for bbox, kp in people:
+            ann_id += 1
+            out["annotations"].append({
+                "id": ann_id, "image_id": i + 1, "bbox": list(map(float, bbox)),
+                "keypoints": np.asarray(kp, float).reshape(-1).tolist(), "iscrowd": 0,
+                "category_id": 1, "area": float(bbox[2] * bbox[3]),
+                "num_keypoints": int((np.asarray(kp)[:, 2] > 0).sum())})
+    path = tmp_path / name
+    path.write_text(json.dumps(out))
+    return str(path), str(img_dir)
+
+
+@pytest.fixture(scope="module")
+def dots_shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dots")
+    images = []
+    for i, shift in enumerate([(0, 0), (40, 30), (-20, 50)]):
+        img, joints = paint_person(shift)
+        kp = np.concatenate([joints, np.full((17, 1), 2.0)], axis=1)
+        box = [joints[:, 0].min() - 20, joints[:, 1].min() - 20,
+               np.ptp(joints[:, 0]) + 40, np.ptp(joints[:, 1]) + 40]
+        images.append((f"dots{i}.jpg", img, [(box, kp)]))
+    ann, img_dir = write_coco(tmp, images)
+    data.build_coco_shards(ann, img_dir, str(tmp / "shards" / "dots"), 1, num_workers=1,
+                           progress=False, verbose=False)
+    return str(tmp / "shards" / "dots-*.tfrecord")
+
+
+@pytest.fixture(scope="module")
+def sample_shards(tmp_path_factory, sample_dir):
+    tmp = tmp_path_factory.mktemp("sample")
+    coco = data.build_coco_shards(
+        sample_dir / "coco/annotations/person_keypoints_sample.json", sample_dir / "coco/images",
+        str(tmp / "coco"), 2, num_workers=1, progress=False, verbose=False)
+    mpii = data.build_mpii_shards(sample_dir / "mpii/valid_sample.json", sample_dir / "mpii/images",
+                                  str(tmp / "mpii"), 1, num_workers=1, progress=False, verbose=False)
+    return {"coco": str(tmp / "coco-*.tfrecord"), "mpii": str(tmp / "mpii-*.tfrecord"),
+            "coco_manifest": coco, "mpii_manifest": mpii, "dir": tmp}
+
+
+# ----------------------------------------------------------- reference agreement
+@pytest.mark.parametrize("rotation,flip", [(0.0, False), (27.0, False), (-61.0, True), (0.0, True)])
+def test_transform_matches_numpy_reference(rotation, flip):
+    """Crop, joints, heatmaps and target weights equal the HRNet procedure in numpy."""
+    rng = np.random.default_rng(int(abs(rotation)) + flip)
+    img = rng.integers(0, 255, (150, 210, 3)).astype(np.uint8)
+    img = cv2.GaussianBlur(img, (7, 7), 2)  # smooth, so interpolation rounding stays small
+    joints = rng.uniform(-10, 200, (17, 2))
+    vis = (rng.uniform(size=17) > 0.2).astype(np.float64)
+    center, scale = np.array([95.3, 70.1]), np.array([120.0, 160.0])
+    parser = PersonParser("coco")
+    crop, hm, w = parser.transform(tf.constant(img), tf.constant(joints, tf.float32),
+                                   tf.constant(vis, tf.float32), tf.constant(center, tf.float32),
+                                   tf.constant(scale, tf.float32), rotation, flip)
+    # Reference: flip image, joints (x -> W - 1 - x, pairs swapped) and center, then crop.
+    r_img, r_joints, r_vis, r_center = img, joints.copy(), vis.copy(), center.copy()
+    if flip:
+        width = img.shape[1]
+        r_img = img[:, ::-1].copy()
+        r_joints[:, 0] = width - 1 - r_joints[:, 0]
+        for a, b in COCO_17.flip_pairs:
+            r_joints[[a, b]] = r_joints[[b, a]]
+            r_vis[[a, b]] = r_vis[[b, a]]
+        r_center[0] = width - r_center[0] - 1
+    m = T.get_affine_transform(r_center, scale, rotation, (256, 192))
+    r_crop = cv2.warpAffine(r_img.astype(np.float32), m, (192, 256), flags=cv2.INTER_LINEAR)
+    r_hm, r_w = HeatmapCodec().encode(T.affine_transform_points(r_joints, m), r_vis)
+    np.testing.assert_array_equal(w.numpy(), r_w)
+    np.testing.assert_allclose(hm.numpy(), r_hm, atol=1e-5)
+    got = crop.numpy() * np.array(T.IMAGENET_STD) + np.array(T.IMAGENET_MEAN)
+    diff = np.abs(got * 255.0 - r_crop)[2:-2, 2:-2]
+    assert np.mean(diff) < 1.0 and np.percentile(diff, 99) < 4.0, (np.mean(diff), diff.max())
+
+
+def test_half_body_and_augmentation_ranges():
+    parser = PersonParser("coco", half_body_prob=1.0)
+    joints = tf.constant(JOINTS, tf.float32)
+    vis = tf.ones([17])
+    c0, s0 = tf.constant([300.0, 300.0]), tf.constant([400.0, 533.3])
+    seeds = tf.data.Dataset.random(seed=1).batch(2).take(300)
+
+    @tf.function
+    def draw(seed):
+        return parser.sample_augmentation(joints, vis, c0, s0, seed)
+
+    upper = JOINTS[list(COCO_17.upper_body)]
+    lower = JOINTS[list(COCO_17.lower_body)]
+    refs = []
+    for part in (upper, lower):
+        w, h = np.ptp(part, 0)
+        w, h = (w, w / 0.75) if w > 0.75 * h else (h * 0.75, h)
+        refs.append((part.mean(0), np.array([w, h]) * 1.5))
+    rots, flips, chosen = [], [], []
+    for seed in seeds:
+        c, s, r, f = (v.numpy() for v in draw(seed))
+        which = int(np.argmin([np.abs(c - rc).max() for rc, _ in refs]))
+        assert np.abs(c - refs[which][0]).max() < 1e-3
+        ratio = s / refs[which][1]
+        assert 0.7 - 1e-5 <= ratio[0] <= 1.3 + 1e-5 and abs(ratio[0] - ratio[1]) < 1e-4
+        rots.append(float(r))
+        flips.append(bool(f))
+        chosen.append(which)
+    rots = np.array(rots)
+    assert np.abs(rots).max() <= 80.0
+    assert 0.3 < np.mean(rots == 0) < 0.5  # rotation with probability 0.6
+    assert 0.35 < np.mean(flips) < 0.65 and 0.35 < np.mean(chosen) < 0.65
+
+
+# ------------------------------------------------------------- synthetic dots
+def _crop_rgb(crop):
+    return crop * np.array(T.IMAGENET_STD) + np.array(T.IMAGENET_MEAN)
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_dots_land_under_heatmap_peaks(dots_shards, flip_prob):
+    """Random scale/rotation (+ flip): every peak sits on its own dot, L/R swapped by flips."""
+    ds = data.build_dataset(dots_shards, batch_size=6, seed=11 + int(flip_prob), repeat=True,
+                            deterministic=True, flip_prob=flip_prob, half_body_prob=0.0,
+                            rotation_prob=1.0)
+    checked = 0
+    for images, heatmaps, weights in ds.take(2):
+        for b in range(images.shape[0]):
+            rgb = _crop_rgb(images[b].numpy())
+            red = (rgb[..., 0] > 0.35) & (rgb[..., 1] < 0.25)
+            green = (rgb[..., 1] > 0.35) & (rgb[..., 0] < 0.25)
+            blue = (rgb[..., 2] > 0.35) & (rgb[..., 0] < 0.25) & (rgb[..., 1] < 0.25)
+            masks = {"left": red, "right": green, "center": blue}
+            for j in range(17):
+                if weights[b, j] == 0:
+                    continue
+                hm = heatmaps[b, :, :, j].numpy()
+                py, px = np.unravel_index(np.argmax(hm), hm.shape)
+                if not (2 <= px < 46 and 2 <= py < 62):
+                    continue
+                expected = side(j)
+                if flip_prob == 1.0 and expected != "center":
+                    expected = "right" if expected == "left" else "left"
+                win = (slice(max(0, 4 * py - 8), 4 * py + 9), slice(max(0, 4 * px - 8), 4 * px + 9))
+                mask = masks[expected][win]
+                assert mask.sum() >= 2, (j, expected, px, py)
+                for other in masks:
+                    if other != expected:
+                        assert masks[other][win].sum() < mask.sum(), (j, other)
+                ys, xs = np.nonzero(mask)
+                cx = (xs.mean() + win[1].start) / 4.0
+                cy = (ys.mean() + win[0].start) / 4.0
+                assert abs(cx - px) <= 1.0 and abs(cy - py) <= 1.0, (j, cx, cy, px, py)
+                checked += 1
+    assert checked >= 100
+
+
+def test_deterministic_with_seed(dots_shards):
+    def first(seed):
+        ds = data.build_dataset(dots_shards, batch_size=3, seed=seed, deterministic=True)
+        return [t.numpy() for t in next(iter(ds))]
+
+    a, b, c = first(5), first(5), first(6)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+# ------------------------------------------------------------ real sample data
+def test_training_batches_on_sample(sample_shards):
+    ds = data.build_dataset(sample_shards["coco"], batch_size=16, seed=0)
+    assert int(ds.cardinality()) == 124 // 16
+    images, heatmaps, weights = next(iter(ds))
+    assert images.shape == (16, 256, 192, 3) and images.dtype == tf.float32
+    assert heatmaps.shape == (16, 64, 48, 17) and weights.shape == (16, 17)
+    assert 0.5 < float(tf.reduce_max(heatmaps)) <= 1.0
+    assert set(np.unique(weights.numpy())) <= {0.0, 1.0}
+    assert abs(float(tf.reduce_mean(images))) < 1.5
+
+
+def test_mpii_training_and_eval(sample_shards):
+    ds = data.build_dataset(sample_shards["mpii"], dataset="mpii", batch_size=5,
+                            input_size=(256, 256), heatmap_size=(64, 64), seed=0)
+    images, heatmaps, weights = next(iter(ds))
+    assert images.shape == (5, 256, 256, 3) and heatmaps.shape == (5, 64, 64, 16)
+    ev = data.build_dataset(sample_shards["mpii"], dataset="mpii", training=False, batch_size=8,
+                            input_size=(256, 256), heatmap_size=(64, 64), deterministic=True)
+    _, meta = next(iter(ev))
+    rows = json.load(open(os.path.join(os.path.dirname(__file__), "..", "sample_data", "mpii",
+                                       "valid_sample.json")))
+    by_id = {int(p): i for i, p in enumerate(meta["person_id"].numpy())}
+    for r, row in enumerate(rows):
+        i = by_id[r]
+        s = row["scale"]
+        ref_c = np.array([row["center"][0] - 1, row["center"][1] + 15 * s - 1])
+        np.testing.assert_allclose(meta["center"].numpy()[i], ref_c, rtol=1e-5)
+        np.testing.assert_allclose(meta["scale"].numpy()[i], [s * 250] * 2, rtol=1e-5)
+        kp = meta["keypoints"].numpy()[i]
+        np.testing.assert_allclose(kp[:, :2][kp[:, 2] > 0],
+                                   (np.array(row["joints"]) - 1)[np.array(row["joints_vis"]) > 0],
+                                   atol=1e-4)
+    with pytest.raises(ValueError, match="16"):
+        data.build_dataset(sample_shards["mpii"], dataset="coco")
+
+
+def test_eval_gt_boxes_meta(sample_shards, sample_dir):
+    ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=64,
+                            deterministic=True)
+    assert int(ev.cardinality()) == 2
+    metas = [m for _, m in ev]
+    meta = {k: np.concatenate([m[k].numpy() for m in metas]) for k in metas[0]}
+    assert len(meta["image_id"]) == 124 and (meta["score"] == 1).all()
+    ann = json.load(open(sample_dir / "coco/annotations/person_keypoints_sample.json"))
+    by_id = {a["id"]: a for a in ann["annotations"]}
+    sizes = {i["id"]: (i["height"], i["width"]) for i in ann["images"]}
+    for n in range(0, 124, 7):
+        a = by_id[int(meta["person_id"][n])]
+        assert a["image_id"] == meta["image_id"][n]
+        h, w = sizes[a["image_id"]]
+        x, y, bw, bh = a["bbox"]
+        x1, y1 = max(0, x), max(0, y)
+        clean = [x1, y1, min(w - 1, x1 + max(0, bw - 1)) - x1, min(h - 1, y1 + max(0, bh - 1)) - y1]
+        np.testing.assert_allclose(meta["bbox"][n], clean, rtol=1e-5, atol=1e-3)
+        c, s = T.box_to_center_scale(clean, 192 / 256)
+        np.testing.assert_allclose(meta["center"][n], c, rtol=1e-5)
+        np.testing.assert_allclose(meta["scale"][n], s, rtol=1e-5)
+
+
+def test_eval_detections(sample_shards, sample_dir, tmp_path):
+    det_file = sample_dir / "coco/annotations/person_detections_sample.json"
+    dets = json.load(open(det_file))
+    ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=32,
+                            detections=str(det_file), det_score_threshold=0.5, verbose=False)
+    kept = [d for d in dets if d["score"] >= 0.5]
+    assert int(ev.cardinality()) == -(-len(kept) // 32)
+    scores = np.concatenate([m["score"].numpy() for _, m in ev])
+    np.testing.assert_allclose(np.sort(scores), np.sort([d["score"] for d in kept]), rtol=1e-6)
+    # Detections on images the shards do not hold.
+    bad = tmp_path / "dets_other.json"
+    bad.write_text(json.dumps(dets[:3] + [dict(dets[0], image_id=123456789)]))
+    with pytest.raises(ValueError, match=r"dets_other.json.*123456789"):
+        data.build_dataset(sample_shards["coco"], training=False, detections=str(bad))
+    with pytest.raises(ValueError, match="no detection left"):
+        data.build_dataset(sample_shards["coco"], training=False, detections=str(det_file),
+                           det_score_threshold=2.0)
+    missing_key = tmp_path / "dets_bad.json"
+    missing_key.write_text(json.dumps([{"image_id": 785, "score": 0.9}]))
+    with pytest.raises(ValueError, match=r"detection \[0\] misses key\(s\) \['bbox'\]"):
+        data.build_dataset(sample_shards["coco"], training=False, detections=str(missing_key))
+    with pytest.raises(ValueError, match="training=False"):
+        data.build_dataset(sample_shards["coco"], detections=str(det_file))
+
+
+def test_custom_keypoint_spec(tmp_path):
+    spec = KeypointSpec(name="tri5", names=("a", "l", "r", "l2", "r2"),
+                        flip_pairs=((1, 2), (3, 4)), skeleton=((0, 1), (0, 2)),
+                        sigmas=(0.05,) * 5, upper_body=(0, 1, 2), lower_body=(3, 4))
+    img = np.full((120, 160, 3), 90, np.uint8)
+    kp = np.array([[80, 30, 2], [60, 50, 2], [100, 50, 2], [60, 90, 1], [100, 90, 2]], float)
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([50, 20, 60, 80], kp)])], k=5)
+    data.build_coco_shards(ann, img_dir, str(tmp_path / "s" / "tri"), 1, dataset=spec,
+                           num_workers=1, progress=False, verbose=False)
+    ds = data.build_dataset(str(tmp_path / "s" / "tri-*.tfrecord"), dataset=spec, batch_size=1)
+    _, heatmaps, weights = next(iter(ds))
+    assert heatmaps.shape == (1, 64, 48, 5) and weights.shape == (1, 5)
+    with pytest.raises(ValueError, match="3 x 17 = 51"):
+        data.read_coco(ann, img_dir, "coco")
+
+
+# ----------------------------------------------------------------- bad input
+def test_malformed_annotation_files(tmp_path):
+    img = np.zeros((50, 50, 3), np.uint8)
+    kp = np.ones((17, 3)) * 10
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([5, 5, 20, 20], kp)])])
+    good = json.load(open(ann))
+
+    def variant(name, obj):
+        p = tmp_path / name
+        p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return str(p)
+
+    with pytest.raises(ValueError, match="not valid JSON"):
+        data.read_coco(variant("broken.json", '{"images": ['), img_dir)
+    with pytest.raises(ValueError, match="does not exist"):
+        data.read_coco(str(tmp_path / "nope.json"), img_dir)
+    with pytest.raises(ValueError, match="missing top-level key 'annotations'"):
+        data.read_coco(variant("noann.json", {"images": good["images"]}), img_dir)
+    bad = json.loads(json.dumps(good))
+    del bad["annotations"][0]["bbox"]
+    with pytest.raises(ValueError, match=r"annotation id 1001 .* misses key\(s\) \['bbox'\]"):
+        data.read_coco(variant("nobbox.json", bad), img_dir)
+    bad = json.loads(json.dumps(good))
+    bad["annotations"][0]["keypoints"] = bad["annotations"][0]["keypoints"][:-3]
+    with pytest.raises(ValueError, match=r"annotation id 1001 .* has 48 keypoint values"):
+        data.read_coco(variant("shortkp.json", bad), img_dir)
+    bad = json.loads(json.dumps(good))
+    del bad["images"][0]["file_name"]
+    with pytest.raises(ValueError, match=r"images\[0\] misses key\(s\) \['file_name'\]"):
+        data.read_coco(variant("noname.json", bad), img_dir)
+    with pytest.raises(ValueError, match="joints of shape"):
+        data.read_mpii(variant("mpii.json", [{"joints": [[1, 2]] * 15, "joints_vis": [1] * 15,
+                                              "center": [5, 5], "scale": 1.0, "image": "a.jpg"}]),
+                       img_dir)
+
+
+def test_bad_images_and_boxes_are_counted(tmp_path, capsys):
+    img, joints = paint_person()
+    kp = np.concatenate([joints, np.full((17, 1), 2.0)], axis=1)
+    box = [50, 30, 400, 560]
+    outside_kp = kp.copy()
+    outside_kp[0, :2] = [-30, 10]  # a labelled joint outside the image
+    images = [("good.jpg", img, [(box, kp), ([700, 10, 50, 50], kp), ([10, 10, 0, 30], kp),
+                                 (box, outside_kp)]),
+              ("missing.jpg", None, [(box, kp)]),
+              ("corrupt.jpg", img, [(box, kp)]),
+              ("truncated.jpg", img, [(box, kp)]),
+              ("png_inside.jpg", img, [(box, kp)])]
+    crowd = {"id": 1, "image_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 1, "category_id": 1,
+             "keypoints": [0] * 51}
+    nokp = {"id": 2, "image_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0, "category_id": 1,
+            "keypoints": [0] * 51}
+    ann, img_dir = write_coco(tmp_path, images, extra_annotations=[crowd, nokp])
+    (tmp_path / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    raw = (tmp_path / "images" / "truncated.jpg").read_bytes()
+    (tmp_path / "images" / "truncated.jpg").write_bytes(raw[:len(raw) // 3])
+    cv2.imwrite(str(tmp_path / "png.png"), img)
+    (tmp_path / "images" / "png_inside.jpg").write_bytes((tmp_path / "png.png").read_bytes())
+    manifest = data.build_coco_shards(ann, img_dir, str(tmp_path / "s" / "bad"), 1, num_workers=1,
+                                      progress=False)
+    out = capsys.readouterr().out
+    skipped = {k: v["count"] for k, v in manifest["skipped"].items()}
+    notes = {k: v["count"] for k, v in manifest["notes"].items()}
+    assert skipped == {"crowd": 1, "no_keypoints": 1, "box_outside_image": 1, "zero_area_box": 1,
+                       "missing_image_file": 1, "corrupt_image": 2, "people_in_skipped_images": 3}
+    assert notes == {"joints_outside_image_set_invisible": 1, "reencoded_to_jpeg": 1}
+    assert manifest["people"] == 3 and manifest["records"] == 2
+    for needle in ("missing.jpg", "corrupt.jpg", "truncated.jpg", "box_outside_image", "crowd"):
+        assert needle in out
+    # The joint outside the image is stored invisible.
+    rec = next(iter(tf.data.TFRecordDataset(str(tmp_path / "s" / "bad-00000-of-00001.tfrecord"))))
+    d = data.decode_example(rec, 17)
+    assert d["keypoints"].numpy()[1, 0, 2] == 0 and d["keypoints"].numpy()[0, 0, 2] == 2
+
+
+def test_empty_results_raise(tmp_path):
+    img = np.zeros((50, 50, 3), np.uint8)
+    kp = np.zeros((17, 3))
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([5, 5, 20, 20], kp)])])
+    with pytest.raises(ValueError, match="Empty result"):
+        data.build_coco_shards(ann, img_dir, str(tmp_path / "s" / "e"), 1, num_workers=1,
+                               progress=False, verbose=False)
+    assert not list((tmp_path / "s").glob("*.tfrecord"))
+    kp = np.full((17, 3), 10.0)
+    ann, _ = write_coco(tmp_path, [("gone.jpg", None, [([5, 5, 20, 20], kp)])], name="b.json")
+    with pytest.raises(ValueError, match=r"Empty result(.|\n)*gone.jpg"):
+        data.build_coco_shards(ann, img_dir, str(tmp_path / "s" / "f"), 1, num_workers=1,
+                               progress=False, verbose=False)
+    with pytest.raises(ValueError, match="No shard files match"):
+        data.build_dataset(str(tmp_path / "nothing-*.tfrecord"))
+
+
+def test_corrupt_and_incomplete_shards(sample_shards, tmp_path):
+    import shutil
+    src = sample_shards["dir"]
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    shard = dst / "coco-00001-of-00002.tfrecord"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped byte: same size, bad CRC
+    shard.write_bytes(bytes(raw))
+    ds = data.build_dataset(str(dst / "coco-*.tfrecord"), batch_size=8, shuffle_buffer=0,
+                            deterministic=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Corrupt or truncated shard .*coco-00001-of-00002"):
+        for _ in ds:
+            pass
+    report = data.check_shards(str(dst / "coco-*.tfrecord"), progress=False)
+    assert len(report["problems"]) == 1 and "coco-00001-of-00002" in report["problems"][0]
+    shard.write_bytes(bytes(raw[:1000]))  # truncated: caught before reading
+    with pytest.raises(ValueError, match="coco-00001-of-00002.tfrecord has 1000 bytes"):
+        data.build_dataset(str(dst / "coco-*.tfrecord"))
+    shard.unlink()
+    (dst / "coco-00002-of-00003.tfrecord").write_bytes(b"")
+    (dst / "coco-00000-of-00003.tfrecord").write_bytes(b"")
+    with pytest.raises(ValueError, match="Incomplete shard set"):
+        data.build_dataset(str(dst / "coco-*-of-00003.tfrecord"))

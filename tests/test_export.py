@@ -1,0 +1,228 @@
+"""Export: file layout, atomicity, TFLite op set, and parity with Keras on real crops.
+
+The default-suite tests share one export of an untrained DPN1_32 at 128x96
+(``deploy_helpers.fresh_export``). Float formats must agree with Keras to
+1e-4 on real sample crops whatever the weights; the quantized formats are
+measured with a briefly trained model in the slow tests (random weights have
+no heatmap peaks to agree on).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import deploy_helpers as dh
+from keras_dpn import export
+from keras_dpn.codec import HeatmapCodec
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return dh.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
+
+
+@pytest.fixture(scope="module")
+def keras_heatmaps(exported):
+    model, _, crops = exported
+    return np.asarray(model(export.normalize_numpy(crops), training=False))
+
+
+def _tflite_run(path, x):
+    from ai_edge_litert.interpreter import Interpreter
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    for item in x:
+        interp.set_tensor(inp["index"], item[None].astype(inp["dtype"]))
+        interp.invoke()
+        results.append(interp.get_tensor(out["index"]))
+    return np.concatenate(results)
+
+
+def test_layout_and_metadata(exported):
+    _, folder, _ = exported
+    names = sorted(os.listdir(folder))
+    assert names == sorted(["metadata.json", "model.keras", "saved_model", "model_fp32.tflite",
+                            "model_fp16.tflite", "model_int8_dynamic.tflite",
+                            "model_int8.tflite", "keypoints_fp32.tflite", "model.onnx",
+                            "gpu_compatibility.txt"])
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    assert meta["input_size"] == [128, 96] and meta["heatmap_size"] == [32, 24]
+    assert meta["keypoints"]["name"] == "coco" and len(meta["keypoints"]["names"]) == 17
+    int8 = meta["tflite"]["model_int8.tflite"]
+    assert int8["inputs"][0]["dtype"] == "int8" and int8["inputs"][0]["quantization"]["scale"] > 0
+    e2e = meta["tflite"]["keypoints_fp32.tflite"]
+    assert e2e["inputs"][0]["dtype"] == "uint8" and e2e["outputs"][0]["shape"] == [1, 17, 3]
+    for name, io in meta["tflite"].items():
+        assert io["inputs"][0]["shape"][0] == 1, name  # fixed batch of 1
+    # Nothing left behind by the atomic write.
+    assert not [n for n in os.listdir(os.path.dirname(folder)) if ".partial" in n]
+
+
+def test_tflite_has_native_dilated_convs(exported):
+    _, folder, _ = exported
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".tflite"):
+            ops = export.tflite_ops(open(os.path.join(folder, name), "rb").read())
+            assert "CONV_2D" in ops, name
+            assert not set(ops) & set(export.FORBIDDEN_TFLITE_OPS), (name, ops)
+    report = open(os.path.join(folder, "gpu_compatibility.txt")).read()
+    assert report.count("GPU delegate compatible") == 5
+    assert "NOT compatible" not in report
+
+
+def test_dynamic_batch_would_split_dilated_convs(exported, tmp_path):
+    # Guards the op check above: the same model with an unknown batch does
+    # produce the SPACE_TO_BATCH_ND pairs that the fixed batch avoids.
+    model, _, _ = exported
+    export.write_saved_model(model, tmp_path / "sm", batch_size=None, keypoints_signature=False)
+    ops = export.tflite_ops(export.convert_tflite(tmp_path / "sm", "fp32"))
+    assert "SPACE_TO_BATCH_ND" in ops and "BATCH_TO_SPACE_ND" in ops
+
+
+def test_float_parity_on_real_crops(exported, keras_heatmaps):
+    _, folder, crops = exported
+    x = export.normalize_numpy(crops)
+    diffs = {}
+    diffs["tflite_fp32"] = np.abs(_tflite_run(os.path.join(folder, "model_fp32.tflite"), x)
+                                  - keras_heatmaps).max()
+    import onnxruntime as ort
+    sess = ort.InferenceSession(os.path.join(folder, "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "image"
+    diffs["onnx"] = np.abs(sess.run(None, {"image": x})[0] - keras_heatmaps).max()
+    import tensorflow as tf
+    loaded = tf.saved_model.load(os.path.join(folder, "saved_model"))
+    serve = loaded.signatures["serving_default"]
+    diffs["saved_model"] = np.abs(serve(image=tf.constant(x))["heatmaps"].numpy()
+                                  - keras_heatmaps).max()
+    assert all(d <= 1e-4 for d in diffs.values()), diffs
+
+
+def test_saved_model_keypoints_signature(exported, keras_heatmaps):
+    import tensorflow as tf
+    _, folder, crops = exported
+    loaded = tf.saved_model.load(os.path.join(folder, "saved_model"))
+    kp = loaded.signatures["keypoints"](image=tf.constant(crops))["keypoints"].numpy()
+    coords, maxvals = HeatmapCodec((128, 96), (32, 24)).decode(keras_heatmaps)
+    assert kp.shape == (8, 17, 3)
+    np.testing.assert_allclose(kp[..., 2], maxvals, atol=1e-4)
+    close = np.abs(kp[..., :2] - coords * 4).max(-1) < 1e-3
+    assert close.mean() > 0.95  # argmax ties may break differently on ~1e-6 differences
+
+
+def test_in_graph_decoder_matches_codec(tmp_path, keras_heatmaps):
+    """The decoder inside the end-to-end TFLite, run on the same heatmaps as codec.decode."""
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    synthetic = rng.normal(size=(6, 32, 24, 17)).astype(np.float32)
+    synthetic[0, :, :, 3] = -1.0  # a non-positive channel decodes to (0, 0)
+    synthetic[1, 0, 0, :] = 50.0  # peaks on the border: no quarter offset
+    synthetic[2, 31, 23, :] = 50.0
+    heatmaps = np.concatenate([keras_heatmaps, synthetic])
+
+    module = tf.Module()
+    module.f = tf.function(
+        lambda hm: {"keypoints": export.decode_heatmaps_graph(hm, (128, 96))},
+        input_signature=[tf.TensorSpec([1, 32, 24, 17], tf.float32, name="hm")])
+    tf.saved_model.save(module, str(tmp_path / "dec"), signatures={"serving_default": module.f})
+    content = export.convert_tflite(tmp_path / "dec", "fp32")
+    (tmp_path / "dec.tflite").write_bytes(content)
+    got = _tflite_run(tmp_path / "dec.tflite", heatmaps)
+    coords, maxvals = HeatmapCodec((128, 96), (32, 24)).decode(heatmaps)
+    np.testing.assert_allclose(got[..., :2], coords * np.array([4.0, 4.0]), atol=1e-5)
+    np.testing.assert_allclose(got[..., 2], maxvals, atol=1e-6)
+
+
+def test_end_to_end_tflite_matches_keras_and_codec(exported, keras_heatmaps):
+    _, folder, crops = exported
+    got = _tflite_run(os.path.join(folder, "keypoints_fp32.tflite"), crops)
+    coords, maxvals = HeatmapCodec((128, 96), (32, 24)).decode(keras_heatmaps)
+    assert got.shape == (8, 17, 3)
+    np.testing.assert_allclose(got[..., 2], maxvals, atol=1e-4)
+    close = np.abs(got[..., :2] - coords * 4).max(-1) < 1e-3
+    assert close.mean() > 0.95
+
+
+def test_existing_folder_refused_then_overwritten(exported, tmp_path):
+    model, _, _ = exported
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists"):
+        export.export_model(model, out, formats=("tflite_fp32",), verbose=False)
+    assert os.listdir(out) == ["keep.txt"]
+    export.export_model(model, out, formats=("tflite_fp32",), overwrite=True, verbose=False)
+    assert sorted(os.listdir(out)) == ["gpu_compatibility.txt", "metadata.json", "model.keras",
+                                       "model_fp32.tflite"]
+    assert sorted(os.listdir(tmp_path)) == ["exp"]
+
+
+def test_failure_leaves_nothing(exported, tmp_path, monkeypatch):
+    model, _, _ = exported
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated converter crash")
+
+    monkeypatch.setattr(export, "write_onnx", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export.export_model(model, tmp_path / "exp", formats=("tflite_fp32", "onnx"),
+                            verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_arguments(exported, tmp_path):
+    model, _, _ = exported
+    with pytest.raises(ValueError, match="formats"):
+        export.export_model(model, tmp_path / "a", formats=("tflite_int4",))
+    with pytest.raises(ValueError, match="16"):
+        export.export_model(model, tmp_path / "b", keypoints="mpii")
+    with pytest.raises(ValueError, match="opset"):
+        export.write_onnx(model, tmp_path / "c.onnx", opset=13)
+    with pytest.raises(ValueError, match="representative"):
+        export.convert_tflite(tmp_path, "int8", representative_data=None)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_dpn4_32_full_size_tflite_parity(tmp_path):
+    """The paper's main model at 256x192: fp32 TFLite within 1e-4 of Keras."""
+    import keras
+
+    import keras_dpn
+    keras.utils.set_random_seed(2)
+    model = keras_dpn.DPN4_32()
+    crops, _ = export.sample_crops((256, 192), 2)
+    x = export.normalize_numpy(crops)
+    files = export.export_model(model, tmp_path / "dpn4_32", formats=("tflite_fp32",),
+                                verbose=False)
+    content = open(files["tflite_fp32"], "rb").read()
+    assert not set(export.tflite_ops(content)) & set(export.FORBIDDEN_TFLITE_OPS)
+    diff = np.abs(_tflite_run(files["tflite_fp32"], x) - np.asarray(model(x))).max()
+    assert diff <= 1e-4, diff
+
+
+@pytest.mark.slow
+def test_quantized_keypoint_error_trained(tmp_path):
+    """fp16 / int8 against Keras on a briefly trained model (numbers in docs/README_deploy.md)."""
+    model, _ = dh.trained_tiny_dpn()
+    crops, _, _, kps = dh.sample_training_set()
+    files = export.export_model(model, tmp_path / "q", representative_data=crops[:64],
+                                formats=("tflite_fp32", "tflite_fp16", "tflite_int8_dynamic",
+                                         "tflite_int8"), verbose=False)
+    from keras_dpn.inference import PoseEstimator
+    x = export.normalize_numpy(crops)
+    codec = HeatmapCodec((128, 96), (32, 24))
+    ref = codec.decode(np.asarray(model.predict(x, verbose=0)))[0] * 4
+    errors = {}
+    for fmt in ("tflite_fp32", "tflite_fp16", "tflite_int8_dynamic", "tflite_int8"):
+        est = PoseEstimator(files[fmt])
+        errors[fmt] = dh.mean_keypoint_error(
+            codec.decode(est.predict_heatmaps(crops))[0] * 4, ref)
+    print("mean keypoint error vs Keras (px at 128x96):", errors)
+    assert errors["tflite_fp32"] < 0.05
+    assert errors["tflite_fp16"] < 0.5
+    assert errors["tflite_int8_dynamic"] < 3.0
+    assert errors["tflite_int8"] < 4.0

@@ -1,0 +1,169 @@
+"""PoseEstimator: every model kind, boxes, flip test, and clear errors on bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import deploy_helpers as dh
+from keras_dpn.inference import PoseEstimator, boxes_from_detections, read_image
+
+IMAGE = os.path.join(dh.ROOT, "sample_data", "coco", "images", "000000000785.jpg")
+DETECTIONS = os.path.join(dh.ROOT, "sample_data", "coco", "annotations",
+                          "person_detections_sample.json")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return dh.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
+
+
+@pytest.fixture(scope="module")
+def reference(exported):
+    model, _, _ = exported
+    boxes = boxes_from_detections(DETECTIONS, 785, 0.3)
+    return boxes, PoseEstimator(model).predict(IMAGE, boxes)
+
+
+def test_package_import_stays_light():
+    code = ("import sys, keras_dpn; keras_dpn.PoseEstimator; "
+            "bad = [m for m in ('tf2onnx', 'onnxruntime', 'tensorflow_model_optimization', "
+            "'tf_keras', 'ai_edge_litert', 'keras_dpn.qat') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=dh.ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_boxes_from_detections():
+    boxes, scores = boxes_from_detections(DETECTIONS, 785, 0.0, return_scores=True)
+    assert boxes.shape == (len(scores), 4) and len(scores) >= 2
+    assert np.all(np.diff(scores) <= 0)
+    assert boxes_from_detections(DETECTIONS, 785, 0.9).shape == (1, 4)
+    assert boxes_from_detections(DETECTIONS, 123456789).shape == (0, 4)
+    with pytest.raises(ValueError, match="detection"):
+        boxes_from_detections(os.path.join(dh.ROOT, "setup.py"), 785)
+
+
+@pytest.mark.parametrize("name", ["model.keras", "saved_model", ".", "model_fp32.tflite",
+                                  "model.onnx", "keypoints_fp32.tflite"])
+def test_every_model_kind_agrees(exported, reference, name):
+    _, folder, _ = exported
+    boxes, ref = reference
+    est = PoseEstimator(os.path.normpath(os.path.join(folder, name)))
+    people = est.predict(IMAGE, boxes)
+    assert len(people) == len(ref) == 2
+    for p, r in zip(people, ref):
+        assert p["keypoints"].shape == (17, 3)
+        np.testing.assert_allclose(p["keypoints"][:, 2], r["keypoints"][:, 2], atol=1e-3)
+        # Decoded locations agree up to rare argmax ties on ~1e-5 differences.
+        same = np.abs(p["keypoints"][:, :2] - r["keypoints"][:, :2]).max(-1) < 1e-2
+        assert same.mean() > 0.9, name
+
+
+def test_keypoints_in_image_coordinates(exported, reference):
+    boxes, people = reference
+    for box, p in zip(boxes, people):
+        x, y, w, h = box
+        kp = p["keypoints"]
+        # Crops are the box padded by 1.25 (and widened to 3:4): joints land near it.
+        assert np.all(kp[:, 0] > x - 0.5 * w) and np.all(kp[:, 0] < x + 1.5 * w)
+        assert np.all(kp[:, 1] > y - 0.5 * h) and np.all(kp[:, 1] < y + 1.5 * h)
+        np.testing.assert_allclose(p["box"], box, atol=1e-3)
+
+
+def test_whole_image_default_and_flip_test(exported):
+    model, _, _ = exported
+    image = read_image(IMAGE)
+    people = PoseEstimator(model).predict(image)
+    assert len(people) == 1
+    np.testing.assert_allclose(people[0]["box"], [0, 0, image.shape[1], image.shape[0]])
+    flipped = PoseEstimator(model, flip_test=True).predict(image)
+    assert flipped[0]["keypoints"].shape == (17, 3)
+    assert not np.allclose(flipped[0]["keypoints"], people[0]["keypoints"])
+
+
+def test_flip_test_symmetry(exported):
+    """With flip test, a mirrored image gives mirrored (and side-swapped) heatmaps."""
+    model, _, crops = exported
+    est = PoseEstimator(model, flip_test=True)
+    from keras_dpn import COCO_17
+    from keras_dpn.codec import flip_back
+    a = est.predict_heatmaps(crops[:2])
+    b = est.predict_heatmaps(np.ascontiguousarray(crops[:2, :, ::-1]))
+    # Flipping back twice undoes the one-pixel shift except at the border columns.
+    np.testing.assert_allclose(flip_back(b, COCO_17.flip_index)[:, :, 2:-2],
+                               a[:, :, 2:-2], atol=1e-3)
+
+
+def test_tflite_batched_loop_and_int8(exported, reference):
+    _, folder, _ = exported
+    boxes, _ = reference
+    est = PoseEstimator(os.path.join(folder, "model_int8.tflite"), batch_size=8)
+    assert est.batch_size == 1 and est.kind == "tflite"
+    people = est.predict(IMAGE, boxes)
+    assert len(people) == 2 and np.all(np.isfinite(people[0]["keypoints"]))
+
+
+def test_bad_images(exported, tmp_path):
+    model, _, _ = exported
+    est = PoseEstimator(model)
+    garbage = tmp_path / "broken.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="decode"):
+        est.predict(str(garbage))
+    with pytest.raises(ValueError, match="not found"):
+        est.predict(str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match="empty"):
+        est.predict(np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="RGB"):
+        est.predict(np.zeros((10, 10, 5), np.uint8))
+
+
+def test_bad_boxes(exported):
+    model, _, _ = exported
+    est = PoseEstimator(model)
+    image = np.zeros((100, 200, 3), np.uint8)
+    with pytest.raises(ValueError, match="zero area"):
+        est.predict(image, [[10, 10, 0, 20]])
+    with pytest.raises(ValueError, match="outside"):
+        est.predict(image, [[300, 10, 20, 20]])
+    with pytest.raises(ValueError, match="outside"):
+        est.predict(image, [[-50, -50, 40, 40]])
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        est.predict(image, [[1, 2, 3]])
+    # Partly outside is fine: clipped.
+    people = est.predict(image, [[-10, -10, 60, 60]])
+    np.testing.assert_allclose(people[0]["box"], [0, 0, 50, 50])
+
+
+def test_bad_model_files(exported, tmp_path):
+    _, folder, _ = exported
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(open(IMAGE, "rb").read())
+    with pytest.raises(ValueError, match="TFLite"):
+        PoseEstimator(str(fake))
+    onnx_as_tflite = tmp_path / "model.tflite"
+    onnx_as_tflite.write_bytes(open(os.path.join(folder, "model.onnx"), "rb").read())
+    with pytest.raises(ValueError, match="TFLite"):
+        PoseEstimator(str(onnx_as_tflite))
+    fake_onnx = tmp_path / "fake.onnx"
+    fake_onnx.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="ONNX"):
+        PoseEstimator(str(fake_onnx))
+    fake_keras = tmp_path / "fake.keras"
+    fake_keras.write_bytes(b"nope")
+    with pytest.raises(ValueError, match=".keras"):
+        PoseEstimator(str(fake_keras))
+    with pytest.raises(ValueError, match="Unknown model file kind"):
+        PoseEstimator(IMAGE)
+    with pytest.raises(ValueError, match="saved_model.pb"):
+        PoseEstimator(str(tmp_path))
+    with pytest.raises(ValueError, match="16"):
+        PoseEstimator(os.path.join(folder, "model_fp32.tflite"), keypoints="mpii")
+    with pytest.raises(ValueError, match="input size"):
+        PoseEstimator(os.path.join(folder, "model.onnx"), input_size=(256, 192))
+    with pytest.raises(ValueError, match="flip"):
+        PoseEstimator(os.path.join(folder, "keypoints_fp32.tflite"), flip_test=True)
