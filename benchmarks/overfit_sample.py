@@ -19,7 +19,7 @@ OKS-NMS, pycocotools).
 
 Usage::
 
-    python benchmarks/overfit_sample.py                      # until AP >= 0.8 or 100 epochs
+    python benchmarks/overfit_sample.py                      # until AP >= 0.8 or 60 epochs
     python benchmarks/overfit_sample.py --epochs 5 --eval-every 1 --output /tmp/of
 
 Prints one line per evaluation (epoch, elapsed minutes, loss, AP, AP with
@@ -120,8 +120,8 @@ def evaluate(model, people, annotation_file, output_dir, flip=False, batch_size=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="/tmp/keras_dpn_overfit")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--lr-epochs", type=int, nargs="*", default=(70, 90),
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--lr-epochs", type=int, nargs="*", default=(40, 52),
                         help="epochs at which the learning rate is multiplied by 0.1")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -130,6 +130,11 @@ def main(argv=None):
     parser.add_argument("--no-stop", action="store_true",
                         help="keep training after the target AP is reached")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="mixed_bfloat16",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="mixed_bfloat16 (default) is ~1.6x faster on AVX-512 BF16 CPUs")
+    parser.add_argument("--flip-every", type=int, default=10,
+                        help="evaluate with the flip test every this many epochs")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--annotations", default=SAMPLE_ANNOTATIONS)
     parser.add_argument("--images", default=SAMPLE_IMAGES)
@@ -141,13 +146,12 @@ def main(argv=None):
     import keras_dpn
     from keras_dpn import training
 
-    training.configure_reproducibility(args.seed)
     t0 = time.time()
     people = load_people(args.annotations, args.images)
     n = len(people["images"])
     print(f"{n} people cropped in {time.time() - t0:.1f}s; training DPN4_32 256x192 from "
-          f"scratch, batch {args.batch_size}, lr {args.lr:g} x0.1 at epochs {list(args.lr_epochs)}",
-          flush=True)
+          f"scratch ({args.precision}), batch {args.batch_size}, lr {args.lr:g} x0.1 at epochs "
+          f"{list(args.lr_epochs)}", flush=True)
     dataset = (tf.data.Dataset.from_tensor_slices(
         (people["images"], people["heatmaps"], people["weights"]))
         .shuffle(n, seed=args.seed, reshuffle_each_iteration=True)
@@ -165,12 +169,16 @@ def main(argv=None):
             if (epoch + 1) % args.eval_every and epoch + 1 != args.epochs:
                 return
             ap = evaluate(self.model, people, args.annotations, args.output)
-            ap_flip = evaluate(self.model, people, args.annotations, args.output, flip=True)
-            logs["val_AP"], logs["val_AP_flip"] = ap["AP"], ap_flip["AP"]
+            logs["val_AP"] = ap["AP"]
+            ap_flip = {"AP": math.nan}
+            if (epoch + 1) % args.flip_every == 0 or ap["AP"] >= args.target_ap:
+                ap_flip = evaluate(self.model, people, args.annotations, args.output, flip=True)
+                logs["val_AP_flip"] = ap_flip["AP"]
             row = {"epoch": epoch + 1, "minutes": round((time.time() - start) / 60, 2),
                    "loss": float(logs.get("loss", math.nan)), "AP": round(ap["AP"], 4),
                    "AP50": round(ap["AP50"], 4), "AP75": round(ap["AP75"], 4),
-                   "AP_flip": round(ap_flip["AP"], 4), "lr": logs.get("lr")}
+                   "AP_flip": None if math.isnan(ap_flip["AP"]) else round(ap_flip["AP"], 4),
+                   "lr": logs.get("lr")}
             curve.append(row)
             from keras_dpn.io_utils import atomic_file
             with atomic_file(curve_path, "w") as f:
@@ -178,14 +186,27 @@ def main(argv=None):
                           indent=1)
             print(f"[overfit] epoch {row['epoch']:4d}  {row['minutes']:7.1f} min  "
                   f"loss {row['loss']:.3e}  AP {row['AP']:.4f}  AP50 {row['AP50']:.4f}  "
-                  f"AP75 {row['AP75']:.4f}  AP(flip) {row['AP_flip']:.4f}", flush=True)
+                  f"AP75 {row['AP75']:.4f}  AP(flip) {ap_flip['AP']:.4f}", flush=True)
             if ap["AP"] >= args.target_ap and not args.no_stop:
                 self.model.stop_training = True
 
+    def model_fn():
+        model = keras_dpn.DPN4_32()
+        # As the HRNet reference: the heatmap head starts at N(0, 0.001) so the
+        # first predictions are ~0, the background of every target; with the
+        # default init they start at O(1) and the first epochs are spent
+        # unlearning that offset.
+        head = model.get_layer("heatmaps")
+        kernel, bias = head.get_weights()
+        rng = np.random.default_rng(args.seed)
+        head.set_weights([rng.normal(0.0, 1e-3, kernel.shape).astype(kernel.dtype),
+                          np.zeros_like(bias)])
+        return model
+
     trainer = training.Trainer(
-        lambda: keras_dpn.DPN4_32(), output_dir=args.output, strategy="default",
+        model_fn, output_dir=args.output, strategy="default", mixed_precision=args.precision,
         learning_rate=args.lr, lr_boundaries=args.lr_epochs, epochs=args.epochs,
-        steps_per_epoch=steps, monitor="val_AP", verbose=2)
+        steps_per_epoch=steps, monitor="val_AP", verbose=2, seed=args.seed)
     trainer.fit(dataset, callbacks=[EvalAP()], resume=args.resume)
     best = max((r["AP"] for r in curve), default=0.0)
     minutes = (time.time() - start) / 60

@@ -18,6 +18,8 @@ from keras_dpn.evaluation import COCOEvaluator, predict_coco
 from keras_dpn.losses import JointsMSE
 from keras_dpn.metrics import HeatmapPCK
 from keras_dpn.codec import HeatmapCodec, flip_back
+from keras_dpn import data
+from keras_dpn.data import build_dataset
 # Deployment: inference.py imports LiteRT / ONNX Runtime only when such a file is
 # loaded; export.py imports TF / tf2onnx lazily; qat.py (tfmot) is never imported here.
 from keras_dpn import export, inference

@@ -29,10 +29,17 @@ class JointsMSE(keras.losses.Loss):
     ``model.fit`` on ``(images, heatmaps, target_weight)`` batches hands the
     ``(B, K)`` target weights to this loss as ``sample_weight``. The loss
     reduces the pixels itself and applies the weights per ``(sample, joint)``,
-    so Keras never broadcasts a ``(B, K)`` weight against a ``(B, h, w, K)``
-    tensor (which aligns the weight's joint axis with the heatmap's width
-    axis: an error in most shapes, silently wrong in some). A weight of shape ``(B, K, 1)`` (the PyTorch
-    reference layout) is accepted as well; any other shape is an error.
+    so Keras never broadcasts a ``(B, K)`` weight against a per-pixel loss
+    (which lines the weight's axes up with the wrong heatmap axes: an error
+    in most shapes, silently wrong in some). A weight of shape ``(B, K, 1)``
+    (the PyTorch reference layout) is accepted as well; any other shape is an
+    error.
+
+    Like every Keras loss with a ``"sum_over_batch_size"`` reduction, inside
+    ``strategy.run`` of a ``tf.distribute`` strategy the value comes out
+    already divided by the number of replicas (Keras does this so that the
+    summed gradients are the global mean); a custom training loop must not
+    divide by the replica count again.
 
     Args:
         use_target_weight: if False, ``sample_weight`` is ignored and the loss

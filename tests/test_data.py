@@ -426,3 +426,18 @@ def test_corrupt_and_incomplete_shards(sample_shards, tmp_path):
     (dst / "coco-00000-of-00003.tfrecord").write_bytes(b"")
     with pytest.raises(ValueError, match="Incomplete shard set"):
         data.build_dataset(str(dst / "coco-*-of-00003.tfrecord"))
+
+
+def test_without_manifest_and_with_input_context(sample_shards, tmp_path):
+    import shutil
+    dst = tmp_path / "nomanifest"
+    shutil.copytree(sample_shards["dir"], dst)
+    (dst / "coco-manifest.json").unlink()
+    ev = data.build_dataset(str(dst / "coco-*.tfrecord"), training=False, batch_size=200)
+    assert int(ev.cardinality()) == 1  # 124 people found by scanning the shards
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=200,
+                            input_context=ctx)
+    ids = np.concatenate([m["image_id"].numpy() for _, m in ev])
+    expected = sample_shards["coco_manifest"]["shards"][1]
+    assert len(ids) == expected["people"] and set(ids) <= set(expected["image_ids"])

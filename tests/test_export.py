@@ -74,13 +74,21 @@ def test_tflite_has_native_dilated_convs(exported):
     assert "NOT compatible" not in report
 
 
-def test_dynamic_batch_would_split_dilated_convs(exported, tmp_path):
-    # Guards the op check above: the same model with an unknown batch does
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_fixed_batch_keeps_dilated_conv_native(tmp_path, batch_size):
+    # Guards the op check above on a one-layer model: an unknown batch does
     # produce the SPACE_TO_BATCH_ND pairs that the fixed batch avoids.
-    model, _, _ = exported
-    export.write_saved_model(model, tmp_path / "sm", batch_size=None, keypoints_signature=False)
+    import keras
+    inputs = keras.Input((32, 24, 3))
+    outputs = keras.layers.Conv2D(4, 3, dilation_rate=4, padding="same", name="heatmaps")(inputs)
+    model = keras.Model(inputs, outputs)
+    export.write_saved_model(model, tmp_path / "sm", batch_size=batch_size,
+                             keypoints_signature=False)
     ops = export.tflite_ops(export.convert_tflite(tmp_path / "sm", "fp32"))
-    assert "SPACE_TO_BATCH_ND" in ops and "BATCH_TO_SPACE_ND" in ops
+    if batch_size is None:
+        assert "SPACE_TO_BATCH_ND" in ops and "BATCH_TO_SPACE_ND" in ops
+    else:
+        assert ops == ["CONV_2D"]
 
 
 def test_float_parity_on_real_crops(exported, keras_heatmaps):

@@ -313,7 +313,10 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
                            cycle_length=cycle_length, input_context=input_context)
     records = records.map(lambda r: decode_example(r, k), num_parallel_calls=num_parallel_calls,
                           deterministic=deterministic)
-    known = all(p is not None for p in shards.people) and input_context is None
+    have_manifest = all(p is not None for p in shards.people)
+    # With an input context this pipeline reads a share of the shards only;
+    # its size is then not the manifest's total.
+    known = have_manifest and input_context is None
 
     if training:
         total = sum(shards.people) if known else None
@@ -336,13 +339,10 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
     else:
         if detections is None:
             people = records.map(_people_of_record).unbatch()
-            total = sum(shards.people) if known else None
-            if total is None:
-                _, total = _scan_image_ids(shards)
+            total = sum(shards.people) if have_manifest else _scan_image_ids(shards)[1]
         else:
-            ids = [i for chunk in shards.image_ids for i in chunk] if known else None
-            if ids is None:
-                ids, _ = _scan_image_ids(shards)
+            ids = ([i for chunk in shards.image_ids for i in chunk] if have_manifest
+                   else _scan_image_ids(shards)[0])
             dets = load_detections(detections, ids, det_score_threshold, det_category_id,
                                    verbose=verbose)
             people = _detection_people(records, dets, k)
@@ -350,7 +350,8 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
             total = sum(len(v[1]) for i, v in dets.items() if i in present)
         if total == 0:
             raise ValueError(f"Empty result: the shards {file_pattern!r} hold no people to evaluate.")
-        people = people.apply(tf.data.experimental.assert_cardinality(total))
+        if input_context is None:
+            people = people.apply(tf.data.experimental.assert_cardinality(total))
         ds = people.map(parser.parse_eval, num_parallel_calls=num_parallel_calls,
                         deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,

@@ -184,8 +184,8 @@ class COCOEvaluator:
                 "`annotation_file` must be an existing COCO annotation JSON. "
                 f"Received: annotation_file={annotation_file!r}")
         if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(
-                f"`nms_threshold` must be in (0, 1] or None. Received: nms_threshold={nms_threshold!r}")
+            raise ValueError("`nms_threshold` must be in (0, 1] or None. "
+                             f"Received: nms_threshold={nms_threshold!r}")
         self.annotation_file = annotation_file
         self.keypoint_spec = get_keypoint_spec(keypoint_spec)
         self.output_dir = None if output_dir is None else os.fspath(output_dir)

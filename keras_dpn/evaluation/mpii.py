@@ -62,7 +62,8 @@ def load_ground_truth(path):
         raise ValueError(
             f"{path!r} is not an MPII gt_valid.mat: keys {absent} are missing. "
             f"Received: keys={sorted(k for k in mat if not k.startswith('__'))}")
-    names = [str(np.asarray(n).reshape(-1)[0]) for n in np.asarray(mat["dataset_joints"]).reshape(-1)]
+    names = [str(np.asarray(n).reshape(-1)[0])
+             for n in np.asarray(mat["dataset_joints"]).reshape(-1)]
     return {
         "joint_names": names,
         "missing": np.asarray(mat["jnt_missing"]).T.astype(bool),
@@ -154,7 +155,7 @@ class PCKhResult:
     num_people: int = 0
 
     def grouped(self, threshold=0.5):
-        """``{"Head": ..., "Shoulder": ..., ..., "Ankle": ..., "Mean": ...}`` (left/right averaged)."""
+        """``{"Head": ..., "Shoulder": ..., "Ankle": ..., "Mean": ...}``, left/right averaged."""
         idx = {n: i for i, n in enumerate(self.joint_names)}
         pck = self.per_joint[threshold]
         out = {g: float(np.mean([pck[idx[n]] for n in names])) for g, names in _GROUPS}

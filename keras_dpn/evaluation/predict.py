@@ -179,7 +179,8 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
     Example:
     >>> ds = keras_dpn.data.build_dataset("shards/val-*", training=False)  # doctest: +SKIP
     >>> results = predict_coco(model, ds)  # doctest: +SKIP
-    >>> ev = COCOEvaluator("person_keypoints_val2017.json"); ev.add_results(results)  # doctest: +SKIP
+    >>> ev = COCOEvaluator("person_keypoints_val2017.json")  # doctest: +SKIP
+    >>> ev.add_results(results)  # doctest: +SKIP
     >>> ev.evaluate()["AP"]  # doctest: +SKIP
     """
     out = predict_keypoints(model, dataset, codec=codec, keypoint_spec=keypoint_spec,

@@ -1,0 +1,230 @@
+"""keras_dpn.training: schedule, strategies, checkpoint/resume, NaN guard, best model.
+
+A tiny DPN (one DPM, 32x32 input, 3 joints) on synthetic data keeps each
+training run to a few seconds on two CPU cores.
+"""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_dpn
+from keras_dpn import training
+from keras_dpn.training import (ArchitectureMismatchError, EpochPiecewiseSchedule, Trainer,
+                                TrainingDivergedError)
+
+STEPS = 2
+
+
+def _dataset(n=8, batch=4, k=3, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(n, size, size, 3)).astype("float32")
+    heatmaps = rng.uniform(size=(n, size // 4, size // 4, k)).astype("float32")
+    weights = np.ones((n, k), "float32")
+    return tf.data.Dataset.from_tensor_slices((images, heatmaps, weights)).batch(batch)
+
+
+def _model(num_modules=1, width=32):
+    return keras_dpn.DPN(num_modules=num_modules, width=width, num_keypoints=3,
+                         input_shape=(32, 32, 3))
+
+
+def _trainer(out, epochs=2, loop="fit", model_fn=_model, **kwargs):
+    kwargs.setdefault("lr_boundaries", (1,))
+    return Trainer(model_fn, output_dir=out, strategy="default", epochs=epochs,
+                   steps_per_epoch=STEPS, loop=loop, verbose=0, seed=3, **kwargs)
+
+
+def _weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+def _history(out):
+    with open(os.path.join(out, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tree(path):
+    """Snapshot of every file (name -> bytes) under ``path``."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = f.read()
+    return out
+
+
+class _Raise(keras.callbacks.Callback):
+    """Simulates a kill: raises in the middle of epoch ``epoch``."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.target = epoch
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.target and batch == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_schedule_is_a_function_of_the_step():
+    s = EpochPiecewiseSchedule(1e-3, steps_per_epoch=5, boundaries=(90, 120))
+    lrs = [float(s(e * 5)) for e in (0, 89, 90, 119, 120, 139)]
+    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)
+    again = EpochPiecewiseSchedule.from_config(s.get_config())
+    assert float(again(90 * 5 - 1)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        EpochPiecewiseSchedule(1e-3, steps_per_epoch=0)
+    with pytest.raises(ValueError, match="boundaries"):
+        EpochPiecewiseSchedule(1e-3, 5, boundaries=(120, 90))
+
+
+def test_strategy_factory_and_argument_errors(tmp_path, monkeypatch):
+    assert training.get_strategy("default") is tf.distribute.get_strategy()
+    mirrored = training.get_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert training.is_chief(mirrored)
+    with pytest.raises(ValueError, match="strategy='horovod'"):
+        training.get_strategy("horovod")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        training.get_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    with pytest.raises(ValueError, match="'cluster' and 'task'"):
+        training.get_strategy("multi_worker")
+    with pytest.raises(ValueError, match="loop='fast'"):
+        Trainer(_model, output_dir=tmp_path, loop="fast")
+    with pytest.raises(ValueError, match="epochs=0"):
+        Trainer(_model, output_dir=tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="deterministic=True"):
+        Trainer(_model, output_dir=tmp_path, deterministic=True)
+    with pytest.raises(ValueError, match="mixed_precision='fp8'"):
+        Trainer(_model, output_dir=tmp_path, mixed_precision="fp8")
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        Trainer(_model, output_dir=tmp_path, strategy="default", verbose=0).fit(
+            _dataset().repeat())
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, loop):
+    straight = _trainer(str(tmp_path / "straight"), epochs=3, loop=loop)
+    straight.fit(_dataset())
+
+    out = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(out, epochs=3, loop=loop).fit(_dataset(), callbacks=[_Raise(epoch=2)])
+    state = training.read_state(out)
+    assert state["epoch"] == 2 and state["step"] == 2 * STEPS
+    assert [r["epoch"] for r in _history(out)] == ["0", "1"]
+
+    resumed = _trainer(out, epochs=3, loop=loop)
+    history = resumed.fit(_dataset(), resume=True)
+    assert history["epoch"] == [2]  # no epoch lost, none run twice
+    assert int(resumed.optimizer.iterations.numpy()) == 3 * STEPS
+    rows = _history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    # Same schedule: 1e-3 in epoch 0, x0.1 from epoch 1 on, also after resuming.
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], [1e-3, 1e-4, 1e-4], rtol=1e-6)
+    for a, b in zip(_weights(straight.model), _weights(resumed.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert training.read_state(out)["epoch"] == 3
+    assert os.listdir(os.path.join(out, "logs", "train"))
+
+    # A finished run resumed again has nothing left to do.
+    assert _trainer(out, epochs=3, loop=loop).fit(_dataset(), resume=True) == {"epoch": []}
+
+
+class _PoisonLoss(keras.losses.Loss):
+    """Mean squared error that turns NaN once ``poisoned`` is set."""
+
+    def __init__(self):
+        super().__init__(name="poison")
+        self.poisoned = tf.Variable(0.0, trainable=False)
+
+    def call(self, y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_pred - y_true), axis=(1, 2, 3))
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return super().__call__(y_true, y_pred) / (1.0 - self.poisoned)
+
+
+class _PoisonAt(keras.callbacks.Callback):
+    def __init__(self, loss, epoch):
+        super().__init__()
+        self.loss, self.epoch = loss, epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.loss.poisoned.assign(1.0)  # loss / 0 -> inf, gradients NaN
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, loop):
+    out = str(tmp_path)
+    loss = _PoisonLoss()
+    trainer = _trainer(out, epochs=4, loop=loop, loss=loss)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 3.*ckpt-2 is untouched"):
+        trainer.fit(_dataset(), callbacks=[_PoisonAt(loss, epoch=2)])
+    state = training.read_state(out)
+    assert state["epoch"] == 2
+    assert tf.train.latest_checkpoint(os.path.join(out, "checkpoints")).endswith("ckpt-2")
+    # The model holds the good weights again, and so does the checkpoint.
+    assert all(np.isfinite(w).all() for w in _weights(trainer.model))
+    reader = tf.train.load_checkpoint(os.path.join(out, "checkpoints", "ckpt-2"))
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("model/"):
+            assert np.isfinite(reader.get_tensor(name)).all(), name
+    assert [r["epoch"] for r in _history(out)] == ["0", "1"]
+
+
+def test_best_checkpoint_follows_val_ap(tmp_path):
+    out = str(tmp_path)
+    scores = [0.1, 0.5, 0.3]
+    snapshots = {}
+
+    class FakeAP(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_AP"] = scores[epoch]
+            snapshots[epoch] = _weights(self.model)
+
+    trainer = _trainer(out, epochs=3)
+    trainer.fit(_dataset(), callbacks=[FakeAP()])
+    best = json.load(open(os.path.join(out, "best.json")))
+    assert best["epoch"] == 2 and best["val_AP"] == pytest.approx(0.5)
+    assert training.read_state(out)["best"] == pytest.approx(0.5)
+    model = _model()
+    model.load_weights(os.path.join(out, "best.weights.h5"))
+    for a, b in zip(_weights(model), snapshots[1]):
+        np.testing.assert_array_equal(a, b)
+    assert [float(r["val_AP"]) for r in _history(out)] == scores
+
+
+def test_other_architecture_or_existing_run_is_refused_untouched(tmp_path):
+    out = str(tmp_path)
+    _trainer(out, epochs=1).fit(_dataset())
+    before = _tree(out)
+    wider = _trainer(out, epochs=2, model_fn=lambda: _model(num_modules=2))
+    with pytest.raises(ArchitectureMismatchError, match="another architecture.*nothing was written"):
+        wider.fit(_dataset(), resume=True)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        _trainer(out, epochs=2).fit(_dataset())
+    assert _tree(out) == before
+
+
+def test_custom_loop_with_mixed_bfloat16(tmp_path):
+    trainer = _trainer(str(tmp_path), epochs=1, loop="custom", mixed_precision="mixed_bfloat16")
+    history = trainer.fit(_dataset())
+    assert np.isfinite(history["loss"]).all()
+    assert trainer.model.get_layer("heatmaps").compute_dtype == "bfloat16"
+    assert trainer.model.output.dtype == "float32"
+    # The global policy is left as it was.
+    assert keras.config.dtype_policy().name == "float32"
