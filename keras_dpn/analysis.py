@@ -37,8 +37,7 @@ def layer_macs(layer, input_shape, output_shape):
         input_shape: its input shape, batch first, channels last.
         output_shape: its output shape.
     """
-    # Order matters: SeparableConv2D and DepthwiseConv2D are not Conv2D
-    # subclasses in Keras 3, Conv2DTranspose is.
+    # Keras 3 keeps these four classes apart (none subclasses Conv2D).
     if isinstance(layer, keras.layers.Conv2DTranspose):
         kh, kw = layer.kernel_size
         return _spatial(input_shape) * kh * kw * int(input_shape[-1]) * layer.filters
@@ -60,7 +59,7 @@ def layer_macs(layer, input_shape, output_shape):
     return 0
 
 
-_COUNTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+_COUNTED = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D,
             keras.layers.SeparableConv2D, keras.layers.Dense)
 
 

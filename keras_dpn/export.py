@@ -208,6 +208,10 @@ def convert_tflite(saved_model_dir, quantization="fp32", representative_data=Non
         raise ValueError(
             f"`quantization` must be one of {TFLITE_QUANTIZATIONS}. "
             f"Received: quantization={quantization!r}")
+    if quantization == "int8" and (representative_data is None or len(representative_data) == 0):
+        raise ValueError(
+            "Full-integer quantization needs representative crops. Received: "
+            f"representative_data={representative_data!r}")
     converter = tf.lite.TFLiteConverter.from_saved_model(
         os.fspath(saved_model_dir), signature_keys=[signature_key])
     if quantization == "fp16":
@@ -216,10 +220,6 @@ def convert_tflite(saved_model_dir, quantization="fp32", representative_data=Non
     elif quantization == "int8_dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
-        if representative_data is None or len(representative_data) == 0:
-            raise ValueError(
-                "Full-integer quantization needs representative crops. Received: "
-                f"representative_data={representative_data!r}")
         data = np.asarray(representative_data, np.float32)
 
         def dataset():
@@ -251,7 +251,11 @@ def tflite_ops(model_content):
     >>> tflite_ops(open("model_fp32.tflite", "rb").read())  # doctest: +SKIP
     ['ADD', 'CONV_2D', 'MAX_POOL_2D', 'RESIZE_BILINEAR']
     """
-    report = analyze_tflite(model_content)
+    return ops_from_report(analyze_tflite(model_content))
+
+
+def ops_from_report(report):
+    """The distinct op names listed in an Analyzer report."""
     return sorted(set(re.findall(r"Op#\d+ (\w+)\(", report)))
 
 
@@ -436,7 +440,8 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
                 content = convert_tflite(batch1, "fp32", signature_key="keypoints")
             else:
                 content = convert_tflite(batch1, fmt[len("tflite_"):], calib)
-            ops = tflite_ops(content)
+            report = analyze_tflite(content)
+            ops = ops_from_report(report)
             bad = [op for op in FORBIDDEN_TFLITE_OPS if op in ops]
             if bad:
                 raise RuntimeError(
@@ -445,7 +450,6 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
             name = FILE_NAMES[fmt]
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(content)
-            report = analyze_tflite(content)
             reports.append((name, report))
             written[fmt] = name
             _log(verbose, f"{fmt:<18} -> {output_dir}/{name} ({len(content) / 1e6:.2f} MB, "

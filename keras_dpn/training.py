@@ -548,7 +548,14 @@ class Trainer:
             self.optimizer = optimizer
             self._epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self._best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
-            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+            # The weights are checkpointed as a flat list, not through the
+            # model's object graph: tf.train.Checkpoint does not follow Keras 3
+            # layers kept in a Python list (the DPM's blocks), and their BN
+            # moving statistics would silently be left out (the trainable
+            # weights still come back, through the optimizer). The order is
+            # fixed by the architecture, which the fingerprint check enforces.
+            self._checkpoint = tf.train.Checkpoint(weights=list(self.model.weights),
+                                                   optimizer=self.optimizer,
                                                    epoch=self._epoch_var, best=self._best_var)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._save_dir(), max_to_keep=self.max_to_keep)
@@ -598,7 +605,7 @@ class Trainer:
 
     def _fingerprint_from_checkpoint(self, path):
         shapes = [s for n, s in tf.train.list_variables(path)
-                  if n.startswith("model/") and n.endswith("VARIABLE_VALUE")]
+                  if n.startswith("weights/") and n.endswith("VARIABLE_VALUE")]
         own = [tuple(v.shape) for v in self.model.weights]
         match = sorted(map(tuple, shapes)) == sorted(own)
         return {"name": "unknown", "num_weights": len(shapes),

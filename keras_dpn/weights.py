@@ -210,8 +210,20 @@ def validate_weights_argument(arch, weights):
 
 
 def _cache_dir():
-    # Read at call time (Keras reads KERAS_HOME once, at import).
+    """The Keras cache root, created if needed.
+
+    Read at call time (Keras reads KERAS_HOME once, at import). Created here
+    because ``get_file`` silently falls back to ``/tmp/.keras`` when the root
+    does not exist yet; only an unwritable root takes that fallback.
+    """
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    home = os.path.expanduser(home)
+    try:
+        os.makedirs(os.path.join(home, CACHE_SUBDIR), exist_ok=True)
+    except OSError:
+        pass
+    if not os.access(home, os.W_OK):
+        home = os.path.join(tempfile.gettempdir(), ".keras")
     return home
 
 
@@ -230,11 +242,12 @@ def fetch(entry):
         ValueError: unreachable URL, truncated download or sha256 mismatch;
             nothing is left in the cache.
     """
-    target = os.path.join(_cache_dir(), CACHE_SUBDIR, entry.cache_file_name)
+    cache_dir = _cache_dir()
+    target = os.path.join(cache_dir, CACHE_SUBDIR, entry.cache_file_name)
     try:
         return keras.utils.get_file(entry.cache_file_name, origin=entry.url,
                                     file_hash=entry.sha256, hash_algorithm="sha256",
-                                    cache_dir=_cache_dir(), cache_subdir=CACHE_SUBDIR)
+                                    cache_dir=cache_dir, cache_subdir=CACHE_SUBDIR)
     except BaseException as e:
         # get_file removes a failed download but keeps one whose hash is wrong.
         _remove_quietly(target)
@@ -242,7 +255,7 @@ def fetch(entry):
             raise
         raise ValueError(
             f"Could not fetch the weights {entry.key!r} from {entry.url}: {e} "
-            "(the sha256 must match the registered one; nothing was kept in the cache "
+            "(check the URL and the registered sha256; nothing was kept in the cache "
             f"{os.path.dirname(target)}). Received: weights={entry.tag!r}") from e
 
 

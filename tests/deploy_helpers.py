@@ -124,6 +124,19 @@ def trained_tiny_dpn():
 _EXPORTS = {}
 
 
+def scale_head_to_unit_peak(model, x):
+    """Divides the last conv of an untrained model so its heatmaps on ``x`` peak at 1.
+
+    An untrained head outputs heatmaps in the hundreds, where 1e-4 is below
+    float32 resolution; a trained one outputs values in about [0, 1]
+    (Gaussian targets peak at 1). With this scaling the absolute parity
+    tolerance means what it means for a trained model.
+    """
+    head = model.get_layer("heatmaps")
+    peak = float(np.abs(model(x)).max())
+    head.set_weights([w / peak for w in head.get_weights()])
+
+
 def fresh_export(base_dir):
     """One export of a seeded, untrained DPN1_32 at 128x96 per test session.
 
@@ -142,14 +155,7 @@ def fresh_export(base_dir):
         keras.utils.set_random_seed(1)
         model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
         crops, _ = export.sample_crops(INPUT_SIZE, 8)
-        # An untrained head outputs heatmaps in the hundreds, where 1e-4 is
-        # below float32 resolution; a trained one outputs values in about
-        # [0, 1] (Gaussian targets peak at 1). Scale the last (linear) conv
-        # so that the untrained heatmaps peak at 1 too: the absolute parity
-        # tolerance then means what it means for a trained model.
-        head = model.get_layer("heatmaps")
-        peak = float(np.abs(model(export.normalize_numpy(crops))).max())
-        head.set_weights([w / peak for w in head.get_weights()])
+        scale_head_to_unit_peak(model, export.normalize_numpy(crops))
         folder = os.path.join(base_dir, "dpn1_32")
         export.export_model(model, folder, representative_data=crops, verbose=False)
         _EXPORTS[base_dir] = (model, folder, crops)

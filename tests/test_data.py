@@ -441,3 +441,21 @@ def test_without_manifest_and_with_input_context(sample_shards, tmp_path):
     ids = np.concatenate([m["image_id"].numpy() for _, m in ev])
     expected = sample_shards["coco_manifest"]["shards"][1]
     assert len(ids) == expected["people"] and set(ids) <= set(expected["image_ids"])
+
+
+@pytest.mark.parametrize("unbiased,limit", [(False, 2.0), (True, 1.0)])
+def test_eval_meta_round_trip_through_codec(sample_shards, unbiased, limit):
+    """GT joints -> crop (meta center/scale) -> heatmaps -> decode_to_image: back on the joints."""
+    ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=128)
+    _, meta = next(iter(ev))
+    codec = HeatmapCodec(unbiased=unbiased)
+    for n in range(len(meta["image_id"])):
+        kp = meta["keypoints"].numpy()[n]
+        c, s = meta["center"].numpy()[n], meta["scale"].numpy()[n]
+        m = T.get_affine_transform(c, s, 0, codec.input_size)
+        crop_kp = T.affine_transform_points(kp[:, :2], m)
+        hm, w = codec.encode(crop_kp, kp[:, 2] > 0)
+        out = codec.decode_to_image(hm[None], c[None], s[None])[0]
+        ok = w > 0
+        err_input_px = np.abs(out[ok, :2] - kp[ok, :2]).max() * codec.input_size[1] / s[0]
+        assert err_input_px <= limit + 1e-3, (n, err_input_px)

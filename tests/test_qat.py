@@ -1,0 +1,65 @@
+"""QAT and pruning (tfmot, in a subprocess) ending in batch-1 full-integer TFLite files.
+
+tfmot switches tf.keras to tf_keras for the whole process, so nothing here
+imports keras_dpn.qat's training code in the test process: everything goes
+through ``python -m keras_dpn.qat``.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import deploy_helpers as dh
+
+
+def test_cli_validates_arguments(tmp_path, capsys):
+    # Validation happens before TensorFlow / tfmot are imported, so calling
+    # main() in this process is safe.
+    from keras_dpn import qat
+    with pytest.raises(SystemExit) as info:
+        qat.main(["--model", "m.keras", "--out", str(tmp_path / "x.txt")])
+    assert info.value.code == 2
+    assert "--out must end with .tflite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qat.main(["--model", "m.keras", "--out", str(tmp_path / "x.tflite"), "--sparsity", "1.5"])
+    assert os.listdir(tmp_path) == []
+    assert "tensorflow_model_optimization" not in sys.modules
+
+
+def test_run_subprocess_rejects_mode():
+    from keras_dpn import qat
+    with pytest.raises(ValueError, match="mode"):
+        qat.run_subprocess("m.keras", "o.tflite", mode="distill")
+
+
+@pytest.mark.slow
+def test_qat_and_pruning_trained(tmp_path):
+    """Keypoint error of QAT / pruned int8 against Keras on a briefly trained model."""
+    from keras_dpn import export
+    from keras_dpn.codec import HeatmapCodec
+    from keras_dpn.inference import PoseEstimator
+    model, _ = dh.trained_tiny_dpn()
+    crops, _, _, _ = dh.sample_training_set()
+    files = export.export_model(model, tmp_path / "q", formats=("tflite_int8",),
+                                representative_data=crops[:64], qat=True, prune=True,
+                                qat_kwargs=dict(epochs=3), verbose=False)
+    codec = HeatmapCodec((128, 96), (32, 24))
+    ref = codec.decode(np.asarray(model.predict(export.normalize_numpy(crops), verbose=0)))[0] * 4
+    errors = {}
+    for fmt in ("tflite_int8", "tflite_qat", "tflite_pruned"):
+        content = open(files[fmt], "rb").read()
+        assert not set(export.tflite_ops(content)) & set(export.FORBIDDEN_TFLITE_OPS), fmt
+        est = PoseEstimator(files[fmt])
+        errors[fmt] = dh.mean_keypoint_error(codec.decode(est.predict_heatmaps(crops))[0] * 4,
+                                             ref)
+    qat_report = json.load(open(os.path.join(tmp_path, "q", "model_qat_int8.json")))
+    prune_report = json.load(open(os.path.join(tmp_path, "q", "model_pruned_int8.json")))
+    print("mean keypoint error vs Keras (px at 128x96):", errors)
+    print("prune sparsity", prune_report["sparsity"], "gzip bytes", prune_report["tflite_gzip_bytes"])
+    assert qat_report["rebuild_max_abs_diff"] < 1e-3
+    assert prune_report["sparsity"] > 0.4
+    assert errors["tflite_qat"] < 4.0
+    assert errors["tflite_pruned"] < 8.0

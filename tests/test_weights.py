@@ -1,0 +1,264 @@
+"""The weights registry and the real download path, served on 127.0.0.1 only.
+
+A ``http.server`` in a thread serves files made here; ``KERAS_HOME`` points at
+``tmp_path`` so the cache folder can be inspected after every failure.
+"""
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+import keras_dpn
+from keras_dpn import weights as weights_lib
+
+SHAPE = (64, 48, 3)
+# Taken at import, before the autouse fixture swaps in an empty registry.
+SHIPPED = dict(weights_lib._REGISTRY)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; ``/short/<file>`` announces the full length, sends half."""
+
+    def do_GET(self):
+        if self.path.startswith("/short/"):
+            path = os.path.join(self.directory, self.path[len("/short/"):])
+            data = open(path, "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Weights files of DPN1_32 (17 and 16 keypoints) and DPN2_32, plus outputs."""
+    root = tmp_path_factory.mktemp("served")
+    keras.utils.set_random_seed(3)
+    x = np.random.default_rng(0).normal(size=(2,) + SHAPE).astype("float32")
+    source = keras_dpn.DPN1_32(input_shape=SHAPE)
+    source.save_weights(root / "dpn1_32.weights.h5")
+    source.save(root / "dpn1_32.keras")
+    keras_dpn.DPN1_32(input_shape=SHAPE, num_keypoints=16).save_weights(
+        root / "dpn1_32_k16.weights.h5")
+    keras_dpn.DPN2_32(input_shape=SHAPE).save_weights(root / "dpn2_32.weights.h5")
+    data = (root / "dpn1_32.weights.h5").read_bytes()
+    (root / "truncated.weights.h5").write_bytes(data[: len(data) // 2])
+    return dict(root=root, x=x, expected=keras.ops.convert_to_numpy(source(x)),
+                features=keras.ops.convert_to_numpy(
+                    keras.Model(source.input, source.get_layer("dpm1").output)(x)))
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    handler = functools.partial(_Handler, directory=str(files["root"]))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Empty registry and a private Keras cache for every test."""
+    monkeypatch.setattr(weights_lib, "_REGISTRY", {})
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return tmp_path / "keras_home" / "keras_dpn"
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def cache_files(cache):
+    return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+
+def out(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def test_registry_ships_empty():
+    # The real module-level registry: no invented releases.
+    assert SHIPPED == {}
+
+
+def test_register_get_and_list():
+    entry = weights_lib.register("DPN4_32", "mine", url="http://127.0.0.1:1/w.weights.h5",
+                                 sha256="A" * 64, input_shape=(256, 192, 3), num_keypoints=17,
+                                 metrics={"coco_val_AP": 0.5})
+    assert weights_lib.get_entry("DPN4_32.mine") is entry
+    assert entry.sha256 == "a" * 64 and entry.keypoints == "coco"
+    assert entry.cache_file_name == "DPN4_32_mine.weights.h5"
+    assert "ImageNet" in entry.preprocessing
+    assert weights_lib.list_entries() == ["DPN4_32.mine"]
+    assert weights_lib.list_entries("HRNetW32") == []
+    with pytest.raises(ValueError, match="already registered"):
+        weights_lib.register("DPN4_32", "mine", url="x", sha256="a" * 64,
+                             input_shape=(256, 192, 3), num_keypoints=17)
+    with pytest.raises(ValueError, match="Received: key='DPN4_32.coco'"):
+        weights_lib.get_entry("DPN4_32.coco")
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    (dict(sha256="abc"), "sha256"), (dict(num_keypoints=0), "num_keypoints"),
+    (dict(url=""), "url"), (dict(input_shape=(256, 192)), "input_shape"),
+])
+def test_register_validates(kwargs, arg):
+    args = dict(arch="DPN4_32", tag="t", url="http://127.0.0.1:1/w.weights.h5",
+                sha256="0" * 64, input_shape=(256, 192, 3), num_keypoints=17)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=f"Received: {arg}="):
+        weights_lib.register(**args)
+
+
+def test_coco_without_release_is_a_clear_error():
+    with pytest.raises(ValueError) as info:
+        keras_dpn.DPN4_32(weights="coco")
+    message = str(info.value)
+    assert "No release of `DPN4_32.coco` is registered" in message
+    assert "keras_dpn.weights.register(" in message
+    assert "Received: weights='coco'" in message
+
+
+def test_unknown_string():
+    with pytest.raises(ValueError, match="Received: weights='imagenet'"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="imagenet")
+    with pytest.raises(ValueError, match="file not found"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="missing/dpn.weights.h5")
+
+
+def test_local_files_load_directly(files):
+    for name in ("dpn1_32.weights.h5", "dpn1_32.keras"):
+        model = keras_dpn.DPN1_32(input_shape=SHAPE, weights=str(files["root"] / name))
+        np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
+
+
+def test_local_file_include_top_false(files):
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, include_top=False,
+                              weights=str(files["root"] / "dpn1_32.weights.h5"))
+    assert model.output_shape == (None, 8, 6, 128)
+    np.testing.assert_array_equal(out(model, files["x"]), files["features"])
+
+
+def test_local_file_of_other_architecture(files):
+    with pytest.raises(ValueError, match="does not match the DPN2_32 architecture"):
+        keras_dpn.DPN2_32(input_shape=SHAPE, weights=str(files["root"] / "dpn1_32.weights.h5"))
+
+
+def test_local_file_of_other_keypoint_count(files):
+    with pytest.raises(ValueError, match="head for 16 keypoints.*num_keypoints=17"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights=str(files["root"] / "dpn1_32_k16.weights.h5"))
+
+
+def test_download_with_correct_hash(files, server, isolated):
+    path = files["root"] / "dpn1_32.weights.h5"
+    weights_lib.register("DPN1_32", "test", url=f"{server}/dpn1_32.weights.h5",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+    np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
+    assert cache_files(isolated) == ["DPN1_32_test.weights.h5"]
+    assert sha256(isolated / "DPN1_32_test.weights.h5") == sha256(path)
+    # A second build uses the verified cache (the server is not needed).
+    weights_lib.register("DPN1_32", "test", url="http://127.0.0.1:9/gone", overwrite=True,
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+    np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
+
+
+def test_download_dot_keras_file(files, server, isolated):
+    path = files["root"] / "dpn1_32.keras"
+    weights_lib.register("DPN1_32", "k", url=f"{server}/dpn1_32.keras",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="k")
+    np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
+    assert cache_files(isolated) == ["DPN1_32_k.keras"]
+
+
+def _closed_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.parametrize("case", ["wrong_hash", "truncated_file", "short_read", "unreachable"])
+def test_download_failures_leave_nothing(case, files, server, isolated):
+    good = sha256(files["root"] / "dpn1_32.weights.h5")
+    url, digest = {
+        "wrong_hash": (f"{server}/dpn1_32.weights.h5", "0" * 64),
+        # The server holds a cut file: its hash is not the registered one.
+        "truncated_file": (f"{server}/truncated.weights.h5", good),
+        # The connection ends before Content-Length bytes arrived.
+        "short_read": (f"{server}/short/dpn1_32.weights.h5", good),
+        "unreachable": (f"http://127.0.0.1:{_closed_port()}/dpn1_32.weights.h5", good),
+    }[case]
+    weights_lib.register("DPN1_32", "test", url=url, sha256=digest, input_shape=SHAPE,
+                         num_keypoints=17)
+    with pytest.raises(ValueError, match=r"Could not fetch the weights 'DPN1_32\.test'"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+    assert cache_files(isolated) == []
+
+
+def test_download_of_other_architecture(files, server, isolated):
+    path = files["root"] / "dpn1_32.weights.h5"
+    weights_lib.register("DPN2_32", "test", url=f"{server}/dpn1_32.weights.h5",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    with pytest.raises(ValueError, match="does not match the DPN2_32 architecture"):
+        keras_dpn.DPN2_32(input_shape=SHAPE, weights="test")
+    assert cache_files(isolated) == []
+
+
+def test_download_of_other_keypoint_count(files, server, isolated):
+    path = files["root"] / "dpn1_32_k16.weights.h5"
+    # The entry wrongly claims 17 keypoints: the file check catches it.
+    weights_lib.register("DPN1_32", "test", url=f"{server}/dpn1_32_k16.weights.h5",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    with pytest.raises(ValueError, match="head for 16 keypoints"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+    assert cache_files(isolated) == []
+    # An honest entry is refused before any download when the counts differ.
+    weights_lib.register("DPN1_32", "mpii", url=f"{server}/dpn1_32_k16.weights.h5",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=16,
+                         keypoints="mpii")
+    with pytest.raises(ValueError, match="num_keypoints=16.*Received: num_keypoints=17"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="mpii")
+    assert cache_files(isolated) == []
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="mpii", num_keypoints=16)
+    assert model.output_shape[-1] == 16
+
+
+def test_stale_cache_file_is_replaced(files, server, isolated):
+    path = files["root"] / "dpn1_32.weights.h5"
+    os.makedirs(isolated)
+    shutil.copy(files["root"] / "truncated.weights.h5", isolated / "DPN1_32_test.weights.h5")
+    weights_lib.register("DPN1_32", "test", url=f"{server}/dpn1_32.weights.h5",
+                         sha256=sha256(path), input_shape=SHAPE, num_keypoints=17)
+    model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+    np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
+    assert sha256(isolated / "DPN1_32_test.weights.h5") == sha256(path)
+
+
+def test_other_input_size_warns(files, server):
+    path = files["root"] / "dpn1_32.weights.h5"
+    weights_lib.register("DPN1_32", "test", url=f"{server}/dpn1_32.weights.h5",
+                         sha256=sha256(path), input_shape=(256, 192, 3), num_keypoints=17)
+    with pytest.warns(UserWarning, match="trained at input_shape"):
+        keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
