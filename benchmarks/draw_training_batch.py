@@ -24,6 +24,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_COCO = os.path.join(REPO, "sample_data/coco/annotations/person_keypoints_sample.json")
 
 
 def render_example(image, heatmaps, weights, spec, codec, scale=1):
@@ -70,7 +71,7 @@ def main(argv=None):
     if pattern is None:
         tmp = tempfile.mkdtemp(prefix="dpn_draw_")
         if args.dataset == "coco":
-            data.build_coco_shards(os.path.join(REPO, "sample_data/coco/annotations/person_keypoints_sample.json"),
+            data.build_coco_shards(SAMPLE_COCO,
                                    os.path.join(REPO, "sample_data/coco/images"),
                                    os.path.join(tmp, "s"), 1, num_workers=1, progress=False,
                                    verbose=False)
@@ -90,7 +91,9 @@ def main(argv=None):
     rows = -(-len(panels) // cols)
     blank = np.full_like(panels[0], 255)
     panels += [blank] * (rows * cols - len(panels))
-    pad = lambda im: cv2.copyMakeBorder(im, 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=(255, 255, 255))  # noqa: E731
+    def pad(im):
+        return cv2.copyMakeBorder(im, 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+
     grid = np.vstack([np.hstack([pad(x) for x in panels[r * cols:(r + 1) * cols]])
                       for r in range(rows)])
     ok, png = cv2.imencode(".png", grid[..., ::-1])

@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_COCO = os.path.join(REPO, "sample_data/coco/annotations/person_keypoints_sample.json")
 
 
 def pipeline_rate(pattern, batch_size, batches, warmup):
@@ -78,7 +79,7 @@ def main(argv=None):
     pattern = args.shards
     if pattern is None:
         tmp = tempfile.mkdtemp(prefix="dpn_bench_")
-        data.build_coco_shards(os.path.join(REPO, "sample_data/coco/annotations/person_keypoints_sample.json"),
+        data.build_coco_shards(SAMPLE_COCO,
                                os.path.join(REPO, "sample_data/coco/images"),
                                os.path.join(tmp, "coco_sample"), 2, num_workers=1,
                                progress=False, verbose=False)

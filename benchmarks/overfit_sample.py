@@ -19,7 +19,7 @@ OKS-NMS, pycocotools).
 
 Usage::
 
-    python benchmarks/overfit_sample.py                      # until AP >= 0.8 or 60 epochs
+    python benchmarks/overfit_sample.py                      # until AP >= 0.8 or 70 epochs
     python benchmarks/overfit_sample.py --epochs 5 --eval-every 1 --output /tmp/of
 
 Prints one line per evaluation (epoch, elapsed minutes, loss, AP, AP with
@@ -120,11 +120,11 @@ def evaluate(model, people, annotation_file, output_dir, flip=False, batch_size=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="/tmp/keras_dpn_overfit")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--lr-epochs", type=int, nargs="*", default=(40, 52),
+    parser.add_argument("--epochs", type=int, default=70)
+    parser.add_argument("--lr-epochs", type=int, nargs="*", default=(55, 65),
                         help="epochs at which the learning rate is multiplied by 0.1")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--target-ap", type=float, default=0.8)
     parser.add_argument("--no-stop", action="store_true",

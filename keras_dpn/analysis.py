@@ -19,7 +19,7 @@ Example:
 
 import dataclasses
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import keras
 import numpy as np
@@ -218,7 +218,8 @@ def receptive_field(model_or_layer, input_shape, position=None, positive_weights
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+            "`input_shape` must be (height, width, channels). "
+            f"Received: input_shape={input_shape!r}")
     x = tf.ones((1,) + input_shape, tf.float32)
     if not model_or_layer.built:
         model_or_layer(x)
@@ -236,7 +237,8 @@ def receptive_field(model_or_layer, input_shape, position=None, positive_weights
             r, c = position
             if not (0 <= r < h and 0 <= c < w):
                 raise ValueError(
-                    f"`position` must lie inside the {h}x{w} output. Received: position={position!r}")
+                    f"`position` must lie inside the {h}x{w} output. "
+                    f"Received: position={position!r}")
             target = tf.reduce_sum(y[0, r, c, :])
         grad = tape.gradient(target, x)
     finally:

@@ -169,7 +169,7 @@ class BasicBlock(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> BasicBlock(8)(np.zeros((1, 6, 4, 8), "float32")).shape
+    >>> tuple(BasicBlock(8)(np.zeros((1, 6, 4, 8), "float32")).shape)
     (1, 6, 4, 8)
     """
 
@@ -241,7 +241,7 @@ class DilationPyramidModule(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> dpm = DilationPyramidModule(filters=8, num_blocks=3)
-    >>> dpm(np.zeros((1, 16, 12, 32), "float32")).shape
+    >>> tuple(dpm(np.zeros((1, 16, 12, 32), "float32")).shape)
     (1, 16, 12, 32)
     """
 

@@ -129,7 +129,8 @@ def register(arch, tag, url, sha256, input_shape, num_keypoints, keypoints="coco
             f"`num_keypoints` must be an int >= 1. Received: num_keypoints={num_keypoints!r}")
     if input_shape is None or len(tuple(input_shape)) != 3:
         raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+            "`input_shape` must be (height, width, channels). "
+            f"Received: input_shape={input_shape!r}")
     entry = WeightsEntry(arch=arch, tag=tag, url=url, sha256=sha256.lower(),
                          input_shape=tuple(input_shape), num_keypoints=num_keypoints,
                          keypoints=keypoints, metrics=dict(metrics or {}),

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 INPUT_SIZE = (128, 96)
+TRAIN_PEOPLE = 32
 HEATMAP_SIZE = (32, 24)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANNOTATIONS = os.path.join(ROOT, "sample_data", "coco", "annotations",
@@ -64,8 +65,11 @@ def sample_training_set(input_size=INPUT_SIZE, max_people=None, min_keypoints=5)
             np.stack(kps).astype(np.float32))
 
 
-def train_tiny_dpn(path, epochs=40, batch_size=16, learning_rate=1e-3, seed=0, verbose=0):
-    """Trains DPN1_32 at 128x96 on the sample crops and saves it to ``path``.
+def train_tiny_dpn(path, epochs=40, num_people=TRAIN_PEOPLE, batch_size=16, learning_rate=1e-3, seed=0,
+                   verbose=0):
+    """Trains DPN1_32 at 128x96 on ``num_people`` sample crops (and their mirror
+    images) and saves it to ``path``. About 4 minutes on two busy cores;
+    reaches ~2.5 px median error on its training crops.
 
     Returns:
         ``(model, seconds)``.
@@ -76,7 +80,7 @@ def train_tiny_dpn(path, epochs=40, batch_size=16, learning_rate=1e-3, seed=0, v
     from keras_dpn import io_utils, transforms
     from keras_dpn.losses import JointsMSE
     keras.utils.set_random_seed(seed)
-    crops, hms, wts, _ = sample_training_set()
+    crops, hms, wts, _ = sample_training_set(max_people=num_people)
     # Mirror images double the set (flip pairs swap left / right channels).
     flip = keras_dpn.COCO_17.flip_index
     x = np.concatenate([crops, crops[:, :, ::-1]])
@@ -84,6 +88,12 @@ def train_tiny_dpn(path, epochs=40, batch_size=16, learning_rate=1e-3, seed=0, v
     sw = np.concatenate([wts, wts[:, flip]])
     x = transforms.normalize_image(x).astype(np.float32)
     model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
+    # The reference starts the heatmap head near zero (std 0.001). From the
+    # default init the untrained heatmaps are in the hundreds and 40 epochs
+    # go into shrinking them: the model then never learns where joints are.
+    head = model.get_layer("heatmaps")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 0.01, np.zeros_like(bias)])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=JointsMSE())
     start = time.time()
     model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=epochs, shuffle=True,
@@ -105,11 +115,16 @@ def mean_keypoint_error(a, b, visible=None):
 CACHE_DIR = os.environ.get("KERAS_DPN_TEST_CACHE",
                            os.path.join(os.path.expanduser("~"), ".cache", "keras_dpn_tests"))
 # Bump when the training recipe above changes, so a stale cached model is not reused.
-TINY_MODEL_VERSION = "v1"
+TINY_MODEL_VERSION = "v2"
 
 
 def trained_tiny_dpn():
-    """The trained tiny DPN, cached on disk across test runs (first run: minutes)."""
+    """The trained tiny DPN, cached on disk across test runs (first run: minutes).
+
+    Returns:
+        ``(model, path)``; the model's training crops are the first
+        ``TRAIN_PEOPLE`` of :func:`sample_training_set`.
+    """
     import keras
 
     import keras_dpn  # noqa: F401  registers the custom layers

@@ -413,7 +413,8 @@ def test_corrupt_and_incomplete_shards(sample_shards, tmp_path):
     shard.write_bytes(bytes(raw))
     ds = data.build_dataset(str(dst / "coco-*.tfrecord"), batch_size=8, shuffle_buffer=0,
                             deterministic=True)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Corrupt or truncated shard .*coco-00001-of-00002"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="Corrupt or truncated shard .*coco-00001-of-00002"):
         for _ in ds:
             pass
     report = data.check_shards(str(dst / "coco-*.tfrecord"), progress=False)
@@ -456,6 +457,12 @@ def test_eval_meta_round_trip_through_codec(sample_shards, unbiased, limit):
         crop_kp = T.affine_transform_points(kp[:, :2], m)
         hm, w = codec.encode(crop_kp, kp[:, 2] > 0)
         out = codec.decode_to_image(hm[None], c[None], s[None])[0]
-        ok = w > 0
+        # Joints outside the crop keep weight 1 while part of their Gaussian
+        # is on the map (the reference rule), but their peak sits on the border;
+        # the quarter offset is only applied 2 heatmap pixels inside the border.
+        margin = 2 * codec.stride
+        inside = ((crop_kp >= margin)
+                  & (crop_kp <= np.array(codec.input_size[::-1]) - 1 - margin)).all(1)
+        ok = (w > 0) & inside
         err_input_px = np.abs(out[ok, :2] - kp[ok, :2]).max() * codec.input_size[1] / s[0]
         assert err_input_px <= limit + 1e-3, (n, err_input_px)

@@ -120,3 +120,34 @@ def test_cli_parallel_build(tmp_path):
                           str(tmp_path / "p" / "mpii"), "--no-progress"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_cli_spec_json(tmp_path):
+    from keras_dpn.data.cli import load_spec
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({
+        "name": "tri5", "names": ["a", "l", "r", "l2", "r2"], "flip_pairs": [[1, 2], [3, 4]],
+        "skeleton": [[0, 1], [0, 2]], "sigmas": [0.05] * 5, "upper_body": [0, 1, 2],
+        "lower_body": [3, 4]}))
+    spec = load_spec(str(path))
+    assert spec.num_keypoints == 5 and spec.flip_pairs == ((1, 2), (3, 4))
+    assert load_spec("mpii").num_keypoints == 16
+
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                      "data", "coco")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data is not in a fresh clone")
+@pytest.mark.parametrize("subset,people,crowd", [("coco_mini", 68, 1), ("tiny_coco", 46, 4)])
+def test_shared_real_subsets(tmp_path, subset, people, crowd):
+    """The larger real COCO subsets next to the repository (counts from their README)."""
+    root = os.path.join(SHARED, subset)
+    manifest = data.build_coco_shards(os.path.join(root, "annotations", "person_keypoints_val2017.json"),
+                                      os.path.join(root, "val2017"), str(tmp_path / subset), 2,
+                                      num_workers=1, progress=False, verbose=False)
+    assert manifest["people"] == people and manifest["skipped"]["crowd"]["count"] == crowd
+    ds = data.build_dataset(str(tmp_path / f"{subset}-*.tfrecord"), batch_size=8, seed=0)
+    images, heatmaps, weights = next(iter(ds))
+    assert heatmaps.shape == (8, 64, 48, 17)

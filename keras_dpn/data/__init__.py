@@ -1,8 +1,16 @@
 """COCO / MPII TFRecord shards and the top-down tf.data input pipeline.
 
+Modules: ``coco`` / ``mpii`` (annotation readers and checks), ``shards``
+(parallel, atomic shard writer with skip counts), ``decoder`` (record layout,
+``tf.train.Example`` -> dict of tensors), ``parser`` (per-person train / eval
+transforms), ``pipeline`` (``build_dataset``, shard checks).
+
+Example:
 >>> from keras_dpn import data
->>> sorted(n for n in ("build_dataset", "build_coco_shards") if hasattr(data, n))
-['build_coco_shards', 'build_dataset']
+>>> data.build_coco_shards("sample_data/coco/annotations/person_keypoints_sample.json",
+...                        "sample_data/coco/images", "/tmp/shards/coco", 2)  # doctest: +SKIP
+>>> ds = data.build_dataset("/tmp/shards/coco-*.tfrecord", batch_size=32)  # doctest: +SKIP
+>>> images, heatmaps, target_weight = next(iter(ds))  # doctest: +SKIP
 """
 
 from keras_dpn.data.coco import build_coco_shards, read_coco

@@ -65,7 +65,8 @@ class PersonParser:
         if half_body_prob is None:
             half_body_prob = 0.0 if self.spec.name == "mpii" else 0.3
         if not 0 <= half_body_prob <= 1:
-            raise ValueError(f"`half_body_prob` must be in [0, 1]. Received: half_body_prob={half_body_prob!r}")
+            raise ValueError(f"`half_body_prob` must be in [0, 1]. "
+                             f"Received: half_body_prob={half_body_prob!r}")
         if not rotation_factor >= 0:
             raise ValueError(f"`rotation_factor` must be >= 0. Received: rotation_factor={rotation_factor!r}")
         self.scale_factor = float(scale_factor)

@@ -12,7 +12,6 @@ ends.
 import glob
 import json
 import logging
-import math
 import os
 
 import numpy as np
@@ -144,6 +143,12 @@ def read_records(shards, shuffle_files=False, seed=None, deterministic=True, cyc
     files = tf.data.Dataset.from_tensor_slices(
         (tf.constant(shards.files), tf.constant(shards.expected_records, tf.int64)))
     if input_context is not None and input_context.num_input_pipelines > 1:
+        if input_context.num_input_pipelines > len(shards.files):
+            raise ValueError(
+                f"{input_context.num_input_pipelines} input pipelines share "
+                f"{len(shards.files)} shard files: each pipeline needs at least one. Build "
+                "more shards (--num-shards). Received: "
+                f"input_context.num_input_pipelines={input_context.num_input_pipelines}")
         files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle_files:
         files = files.shuffle(len(shards.files), seed=seed, reshuffle_each_iteration=True)

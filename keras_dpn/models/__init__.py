@@ -24,5 +24,6 @@ def get_model(name, **kwargs):
     (None, 16, 12, 17)
     """
     if name not in MODELS:
-        raise ValueError(f"Unknown model. Expected one of {sorted(MODELS)}. Received: name={name!r}")
+        raise ValueError(
+            f"Unknown model. Expected one of {sorted(MODELS)}. Received: name={name!r}")
     return MODELS[name](**kwargs)

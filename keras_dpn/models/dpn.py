@@ -87,7 +87,8 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
         num_keypoints: heatmap channels.
         input_shape: ``(H, W, 3)``; H and W multiples of the output stride.
         input_tensor: optional Keras tensor to build on.
-        include_top: if False, the model outputs the last DPM's feature map.
+        include_top: if False, the model outputs the last DPM's feature map
+            (with ``weights``, the full model is loaded and cut after the DPMs).
         weights: None, a registered tag (``"coco"``, ``"mpii"``) or a path to a
             ``.weights.h5`` / ``.keras`` file.
         num_blocks: bottlenecks per DPM (N=6 in the paper).
