@@ -210,6 +210,37 @@ def configure_reproducibility(seed=None, deterministic=False):
         tf.config.experimental.enable_op_determinism()
 
 
+def reference_head_init(model, layer_name="heatmaps", stddev=1e-3, seed=None):
+    """Re-initializes the heatmap head as the HRNet reference: N(0, 0.001), bias 0.
+
+    Targets are zero almost everywhere; a head that starts near zero skips
+    the epochs a default (Glorot) head spends unlearning an O(1) offset.
+    Use it when training from scratch, not on pretrained weights.
+
+    Args:
+        model: a heatmap model with a conv layer named ``layer_name``.
+        layer_name: name of the final 1x1 conv.
+        stddev: standard deviation of the kernel.
+        seed: NumPy seed of the draw.
+
+    Returns:
+        ``model``.
+    """
+    try:
+        head = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(
+            f"The model has no layer {layer_name!r} to initialize. "
+            f"Received: layer_name={layer_name!r}") from None
+    rng = np.random.default_rng(seed)
+    new = []
+    for w in head.get_weights():
+        new.append(rng.normal(0.0, stddev, w.shape).astype(w.dtype) if w.ndim > 1
+                   else np.zeros_like(w))
+    head.set_weights(new)
+    return model
+
+
 # ---------------------------------------------------------------------------
 # Learning-rate schedule.
 

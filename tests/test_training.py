@@ -114,7 +114,8 @@ def test_strategy_factory_and_argument_errors(tmp_path, monkeypatch):
             _dataset().repeat())
 
 
-@pytest.mark.parametrize("loop", ["fit", "custom"])
+# The custom loop's resume also runs in the default suite, in test_multiworker.py.
+@pytest.mark.parametrize("loop", ["fit", pytest.param("custom", marks=pytest.mark.slow)])
 def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, loop):
     straight = _trainer(str(tmp_path / "straight"), epochs=3, loop=loop)
     straight.fit(_dataset())
@@ -168,7 +169,7 @@ class _PoisonAt(keras.callbacks.Callback):
             self.loss.poisoned.assign(1.0)  # loss / 0 -> inf, gradients NaN
 
 
-@pytest.mark.parametrize("loop", ["fit", "custom"])
+@pytest.mark.parametrize("loop", [pytest.param("fit", marks=pytest.mark.slow), "custom"])
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, loop):
     out = str(tmp_path)
     loss = _PoisonLoss()
@@ -184,10 +185,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, loop):
     for name in reader.get_variable_to_shape_map():
         if name.startswith("weights/"):
             assert np.isfinite(reader.get_tensor(name)).all(), name
-    assert [r["epoch"] for r in _history(out)] == ["0", "1"]
+    rows = _history(out)
+    assert [r["epoch"] for r in rows[:2]] == ["0", "1"]
+    # model.fit still ends the epoch for other callbacks: the diverged epoch
+    # may be logged, with its non-finite loss (a resume drops that row).
+    assert all(not np.isfinite(float(r["loss"])) for r in rows[2:])
 
 
-def test_best_checkpoint_follows_val_ap(tmp_path):
+def test_best_checkpoint_and_refusals_leave_the_run_untouched(tmp_path):
     out = str(tmp_path)
     scores = [0.1, 0.5, 0.3]
     snapshots = {}
@@ -197,8 +202,7 @@ def test_best_checkpoint_follows_val_ap(tmp_path):
             logs["val_AP"] = scores[epoch]
             snapshots[epoch] = _weights(self.model)
 
-    trainer = _trainer(out, epochs=3)
-    trainer.fit(_dataset(), callbacks=[FakeAP()])
+    _trainer(out, epochs=3).fit(_dataset(), callbacks=[FakeAP()])
     best = json.load(open(os.path.join(out, "best.json")))
     assert best["epoch"] == 2 and best["val_AP"] == pytest.approx(0.5)
     assert training.read_state(out)["best"] == pytest.approx(0.5)
@@ -208,19 +212,18 @@ def test_best_checkpoint_follows_val_ap(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert [float(r["val_AP"]) for r in _history(out)] == scores
 
-
-def test_other_architecture_or_existing_run_is_refused_untouched(tmp_path):
-    out = str(tmp_path)
-    _trainer(out, epochs=1).fit(_dataset())
+    # Another architecture, or a new run into the same folder: clear errors
+    # and not one byte changed.
     before = _tree(out)
-    wider = _trainer(out, epochs=2, model_fn=lambda: _model(num_modules=2))
+    wider = _trainer(out, epochs=4, model_fn=lambda: _model(num_modules=2))
     with pytest.raises(ArchitectureMismatchError, match="another architecture.*nothing was written"):
         wider.fit(_dataset(), resume=True)
     with pytest.raises(FileExistsError, match="resume=True"):
-        _trainer(out, epochs=2).fit(_dataset())
+        _trainer(out, epochs=4).fit(_dataset())
     assert _tree(out) == before
 
 
+@pytest.mark.slow
 def test_custom_loop_with_mixed_bfloat16(tmp_path):
     trainer = _trainer(str(tmp_path), epochs=1, loop="custom", mixed_precision="mixed_bfloat16")
     history = trainer.fit(_dataset())
