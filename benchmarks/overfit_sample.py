@@ -191,17 +191,10 @@ def main(argv=None):
                 self.model.stop_training = True
 
     def model_fn():
-        model = keras_dpn.DPN4_32()
-        # As the HRNet reference: the heatmap head starts at N(0, 0.001) so the
-        # first predictions are ~0, the background of every target; with the
-        # default init they start at O(1) and the first epochs are spent
-        # unlearning that offset.
-        head = model.get_layer("heatmaps")
-        kernel, bias = head.get_weights()
-        rng = np.random.default_rng(args.seed)
-        head.set_weights([rng.normal(0.0, 1e-3, kernel.shape).astype(kernel.dtype),
-                          np.zeros_like(bias)])
-        return model
+        # The heatmap head starts at N(0, 0.001) as in the HRNet reference
+        # (see training.reference_head_init): with the default init the first
+        # predictions are O(1) and the first epochs are spent unlearning that.
+        return training.reference_head_init(keras_dpn.DPN4_32(), seed=args.seed)
 
     trainer = training.Trainer(
         model_fn, output_dir=args.output, strategy="default", mixed_precision=args.precision,

@@ -29,3 +29,5 @@ from keras_dpn.models import (DPN, DPN1_32, DPN1_64, DPN2_32, DPN2_64, DPN3_32,
 from keras_dpn import analysis, models, weights
 from keras_dpn.layers import BasicBlock
 from keras_dpn.models import MODELS, DPN2_HRNet, HRNetW32, get_model
+from keras_dpn import training
+from keras_dpn.training import Trainer, get_strategy
