@@ -20,7 +20,9 @@ How it works:
 2. No labels are needed: the float model's own heatmaps on real sample crops
    (and their mirror images) are the targets, so fine-tuning teaches the
    quantized (or pruned) network to reproduce the float network.
-3. ``qat``: ``tfmot.quantization.keras.quantize_model`` + fine-tuning, then a
+3. ``qat``: ``tfmot.quantization.keras.quantize_model``, activation ranges
+   calibrated on the data (tfmot's EMA would need thousands of steps to leave
+   its [-6, 6] start), fine-tuning with BatchNormalization frozen, then a
    full-integer TFLite (int8 in / int8 out) using the learned ranges.
    ``prune``: ``prune_low_magnitude`` to ``--sparsity`` with a polynomial
    schedule + fine-tuning, ``strip_pruning``, then the same full-integer
@@ -40,7 +42,7 @@ import numpy as np
 
 
 def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epochs=4,
-                   batch_size=8, learning_rate=1e-5, sparsity=0.5, max_crops=64,
+                   batch_size=8, learning_rate=None, sparsity=0.5, max_crops=64,
                    timeout=3600, report_path=None):
     """Runs QAT or pruning in a fresh Python process; returns its JSON report.
 
@@ -50,7 +52,10 @@ def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epoc
         calibration_path: ``.npy`` of normalized float32 crops ``(N, H, W, 3)``;
             defaults to real crops of the bundled COCO sample.
         mode: ``"qat"`` or ``"prune"``.
-        epochs, batch_size, learning_rate: fine-tuning settings.
+        epochs, batch_size: fine-tuning settings.
+        learning_rate: Adam rate; None for the measured defaults (1e-5 for
+            QAT, which only adapts to the rounding; 3e-4 for pruning, which
+            must recover from removed weights).
         sparsity: final sparsity for ``"prune"``.
         max_crops: sample crops when ``calibration_path`` is None.
         timeout: seconds before the child is killed.
@@ -69,9 +74,10 @@ def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epoc
     report_path = report_path or os.path.splitext(os.fspath(out_path))[0] + ".json"
     cmd = [sys.executable, "-m", "keras_dpn.qat", "--model", os.fspath(model_path),
            "--out", os.fspath(out_path), "--mode", mode, "--epochs", str(epochs),
-           "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
-           "--sparsity", str(sparsity), "--max-crops", str(max_crops),
+           "--batch-size", str(batch_size), "--sparsity", str(sparsity), "--max-crops", str(max_crops),
            "--report", report_path]
+    if learning_rate is not None:
+        cmd += ["--learning-rate", str(learning_rate)]
     if calibration_path is not None:
         cmd += ["--calibration", os.fspath(calibration_path)]
     env = dict(os.environ)
@@ -283,7 +289,8 @@ def main(argv=None):
     parser.add_argument("--calibration", help=".npy normalized crops (N, H, W, 3)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam rate (default: 1e-5 for qat, 3e-4 for prune)")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--max-crops", type=int, default=64)
     parser.add_argument("--report", help="JSON report path")
@@ -293,6 +300,8 @@ def main(argv=None):
     if not 0.0 < args.sparsity < 1.0:
         parser.error(f"--sparsity must be in (0, 1). Received: --sparsity={args.sparsity!r}")
 
+    if args.learning_rate is None:
+        args.learning_rate = 1e-5 if args.mode == "qat" else 3e-4
     # Must precede the TensorFlow import: tf.keras is tf_keras in this process.
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tempfile
@@ -337,9 +346,13 @@ def main(argv=None):
         trainee = tfmot.quantization.keras.quantize_model(rebuilt)
         _calibrate_activation_ranges(trainee, train_x, args.batch_size)
     else:
+        # The default mask update frequency (100 steps) exceeds a short
+        # fine-tuning; update a few times per epoch, reach the target one
+        # epoch before the end so that the last epoch recovers from it.
+        end_step = max(1, steps_per_epoch * max(1, args.epochs - 1))
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=args.sparsity, begin_step=0,
-            end_step=max(1, steps_per_epoch * max(1, args.epochs - 1)))
+            end_step=end_step, frequency=max(1, min(steps_per_epoch // 4, end_step // 4)))
         trainee = tfmot.sparsity.keras.prune_low_magnitude(rebuilt, pruning_schedule=schedule)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
     trainee.compile(optimizer=tfk.optimizers.Adam(args.learning_rate), loss="mse")
@@ -358,7 +371,7 @@ def main(argv=None):
     import gzip
     report = dict(
         mode=args.mode, out=os.path.abspath(args.out), rebuild_max_abs_diff=rebuild_diff,
-        epochs=args.epochs, train_examples=int(len(train_x)),
+        epochs=args.epochs, learning_rate=args.learning_rate, train_examples=int(len(train_x)),
         loss=[float(v) for v in history.history["loss"]],
         tflite_bytes=len(content), tflite_gzip_bytes=len(gzip.compress(content)),
         tensorflow=tf.__version__, tfmot=tfmot.__version__)
