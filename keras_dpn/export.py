@@ -37,7 +37,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 
 import numpy as np

@@ -269,7 +269,8 @@ class EpochPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, initial_learning_rate, steps_per_epoch, boundaries=(90, 120), factor=0.1):
         if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
             raise ValueError(
-                f"`steps_per_epoch` must be a positive int. Received: steps_per_epoch={steps_per_epoch!r}")
+                "`steps_per_epoch` must be a positive int. "
+                f"Received: steps_per_epoch={steps_per_epoch!r}")
         if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
             raise ValueError(
                 f"`boundaries` must be increasing epochs >= 0. Received: boundaries={boundaries!r}")
@@ -631,7 +632,8 @@ class Trainer:
         epoch = int(self._epoch_var.numpy())
         if self.verbose and self.chief:
             print(f"Resumed from {latest}: {epoch} epoch(s) done, optimizer step "
-                  f"{int(self.optimizer.iterations.numpy())}, lr {learning_rate_at(self.optimizer):g}.")
+                  f"{int(self.optimizer.iterations.numpy())}, "
+                  f"lr {learning_rate_at(self.optimizer):g}.")
         return epoch
 
     def _fingerprint_from_checkpoint(self, path):

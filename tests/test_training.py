@@ -216,7 +216,8 @@ def test_best_checkpoint_and_refusals_leave_the_run_untouched(tmp_path):
     # and not one byte changed.
     before = _tree(out)
     wider = _trainer(out, epochs=4, model_fn=lambda: _model(num_modules=2))
-    with pytest.raises(ArchitectureMismatchError, match="another architecture.*nothing was written"):
+    with pytest.raises(ArchitectureMismatchError,
+                       match="another architecture.*nothing was written"):
         wider.fit(_dataset(), resume=True)
     with pytest.raises(FileExistsError, match="resume=True"):
         _trainer(out, epochs=4).fit(_dataset())
