@@ -114,7 +114,6 @@ def _predict(args):
     import cv2
 
     from keras_dpn import io_utils, visualize
-    from keras_dpn.export import apply_umask_permissions
     from keras_dpn.inference import PoseEstimator, read_image
 
     out = os.path.abspath(args.out)
@@ -153,7 +152,6 @@ def _predict(args):
         with io_utils.atomic_path(out) as tmp:
             if not cv2.imwrite(tmp, drawn[..., ::-1]):
                 raise ValueError(f"OpenCV could not write the image. Received: --out={args.out!r}")
-            apply_umask_permissions(tmp)
         print(f"{len(people)} person(s) -> {out}")
         return 0
 
@@ -194,7 +192,6 @@ def _predict(args):
                 writer = None
             if frames == 0:
                 raise ValueError(f"The video has no readable frames. Received: input={args.input!r}")
-            apply_umask_permissions(tmp)
     finally:
         capture.release()
         if writer is not None:

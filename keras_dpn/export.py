@@ -494,27 +494,7 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
         )
         with open(os.path.join(tmp, "metadata.json"), "w") as f:
             json.dump(metadata, f, indent=2)
-        # mkdtemp makes the folder private (0700); an export is meant to be
-        # read by servers running as other users.
-        apply_umask_permissions(tmp)
     return {k: os.path.join(output_dir, v) for k, v in written.items()}
-
-
-def apply_umask_permissions(path):
-    """Gives a folder tree (or a file) the usual permissions under the umask.
-
-    ``tempfile`` creates private files (0600) and folders (0700); atomic
-    writes inherit that, which keeps exports and pictures from other users.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    if os.path.isfile(path):
-        os.chmod(path, 0o666 & ~umask)
-        return
-    for root, dirs, files in os.walk(path):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def _gpu_section(report):

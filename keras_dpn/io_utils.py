@@ -12,6 +12,18 @@ import shutil
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path, directory=False):
+    # mkstemp/mkdtemp create private (0600/0700) entries; what we publish gets
+    # the permissions an ordinary open()/mkdir() would have given it.
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb"):
     """Yields a file object; on success the file appears at ``path`` at once.
@@ -36,6 +48,7 @@ def atomic_file(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -60,6 +73,8 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        if os.path.exists(tmp):
+            _publish_mode(tmp, directory=os.path.isdir(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -87,6 +102,7 @@ def atomic_directory(path, overwrite=False):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
     try:
         yield tmp
+        _publish_mode(tmp, directory=True)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
             os.rmdir(old)
