@@ -769,13 +769,14 @@ class Trainer:
         def grads_of(images, heatmaps, weights):
             with tf.GradientTape() as tape:
                 pred = model(images, training=True)
+                # Inside a replica context Keras losses already divide by the
+                # replica count, so the sum that apply_gradients all-reduces is
+                # the global-batch mean. Regularization losses are not scaled
+                # by Keras: divide them here.
                 loss = loss_fn(heatmaps, pred, sample_weight=weights)
                 total = loss
                 if model.losses:
-                    total = total + tf.add_n(model.losses)
-                # Gradients are summed over replicas by apply_gradients:
-                # divide so that the sum is the global-batch mean.
-                total = total / replicas
+                    total = total + tf.add_n(model.losses) / replicas
                 if scaled:
                     total = optimizer.scale_loss(total)
             return loss, tape.gradient(total, model.trainable_variables)
@@ -793,7 +794,8 @@ class Trainer:
         @tf.function
         def train_step(iterator):
             per_replica = strategy.run(replica_step, args=next(iterator))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) / replicas
+            # Each replica's loss is already its share of the global mean.
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         iterator = iter(strategy.experimental_distribute_dataset(dataset))
         callback_list = keras.callbacks.CallbackList(cbs, model=model, epochs=self.epochs,
