@@ -214,7 +214,7 @@ def test_dpn4_32_full_size_tflite_parity(tmp_path):
 
 @pytest.mark.slow
 def test_quantized_keypoint_error_trained(tmp_path):
-    """fp16 / int8 against Keras on a briefly trained model (numbers in docs/README_deploy.md)."""
+    """fp16 / int8 against Keras on a briefly trained model (numbers in README.md, Deployment)."""
     model, _ = dh.trained_tiny_dpn()
     crops, _, _, kps = dh.sample_training_set()
     files = export.export_model(model, tmp_path / "q", representative_data=crops,
