@@ -38,22 +38,11 @@ def atomic_file(path, mode="wb"):
     >>> open(p).read()
     'hello'
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @contextlib.contextmanager

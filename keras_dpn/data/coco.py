@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from keras_dpn.data.shards import SkipCounter, format_report, write_shards
+from keras_dpn.data.shards import SkipCounter, build_from_reader
 from keras_dpn.keypoints import get_keypoint_spec
 
 
@@ -145,12 +145,7 @@ def build_coco_shards(annotation_file, image_dir, output_prefix, num_shards=1, d
     >>> build_coco_shards("sample_data/coco/annotations/person_keypoints_sample.json",
     ...                   "sample_data/coco/images", "/tmp/shards/coco_sample", 2)  # doctest: +SKIP
     """
-    entries, skips = read_coco(annotation_file, image_dir, dataset)
-    manifest = write_shards(
-        entries, output_prefix, num_shards, dataset=dataset, num_workers=num_workers,
-        keep_empty_images=keep_empty_images, reader_skips=skips, progress=progress,
-        source={"annotations": os.path.abspath(annotation_file),
-                "images": os.path.abspath(image_dir)})
-    if verbose:
-        print(format_report(manifest))
-    return manifest
+    return build_from_reader(read_coco, annotation_file, image_dir, output_prefix, num_shards,
+                             dataset=dataset, num_workers=num_workers,
+                             keep_empty_images=keep_empty_images, progress=progress,
+                             verbose=verbose)

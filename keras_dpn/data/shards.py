@@ -353,3 +353,28 @@ def sha256_file(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def build_from_reader(reader, annotation_file, image_dir, output_prefix, num_shards, dataset,
+                      num_workers=2, keep_empty_images=True, progress=True, verbose=True):
+    """Reads annotations with ``reader``, writes the shards and prints the report.
+
+    Args:
+        reader: ``reader(annotation_file, image_dir, dataset) -> (entries, skips)``,
+            e.g. :func:`keras_dpn.data.coco.read_coco`.
+        annotation_file, image_dir, output_prefix, num_shards, dataset,
+        num_workers, keep_empty_images, progress: as :func:`write_shards`.
+        verbose: print the skip report.
+
+    Returns:
+        The manifest dict.
+    """
+    entries, skips = reader(annotation_file, image_dir, dataset)
+    manifest = write_shards(
+        entries, output_prefix, num_shards, dataset=dataset, num_workers=num_workers,
+        keep_empty_images=keep_empty_images, reader_skips=skips, progress=progress,
+        source={"annotations": os.path.abspath(annotation_file),
+                "images": os.path.abspath(image_dir)})
+    if verbose:
+        print(format_report(manifest))
+    return manifest
