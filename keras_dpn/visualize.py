@@ -14,6 +14,8 @@ Example:
 ((100, 100, 3), 'uint8')
 """
 
+import os
+
 import numpy as np
 
 from keras_dpn.keypoints import get_keypoint_spec
@@ -155,3 +157,65 @@ def draw_heatmaps(crop, heatmaps, spec="coco", columns=6, alpha=0.55):
         r, c = divmod(i, columns)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
     return grid
+
+
+def plot_history(history_csv, out_path, metrics=("val_AP", "val_PCKh")):
+    """Draws the training curves of a run: loss, and each evaluation metric present.
+
+    Args:
+        history_csv: the run's ``history.csv`` (one row per epoch; written by
+            :class:`keras_dpn.training.Trainer`).
+        out_path: PNG to write (atomically).
+        metrics: epoch-log keys drawn on a second axis when the file has them.
+
+    Returns:
+        ``out_path``.
+
+    Example:
+    >>> plot_history("runs/x/history.csv", "runs/x/curves.png")  # doctest: +SKIP
+    """
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from keras_dpn import io_utils
+
+    if not os.path.isfile(history_csv):
+        raise ValueError(f"No training history at that path. Received: history_csv={history_csv!r}")
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "loss" not in rows[0]:
+        raise ValueError(
+            f"The history has no rows or no `loss` column. Received: history_csv={history_csv!r}")
+
+    def column(key):
+        return [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+
+    epochs = [int(float(r.get("epoch", i))) + 1 for i, r in enumerate(rows)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(epochs, column("loss"), "o-", color="tab:blue", label="loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax.set_yscale("log")
+    present = [m for m in metrics if m in rows[0]]
+    if present:
+        ax2 = ax.twinx()
+        for m, color in zip(present, ("tab:red", "tab:green")):
+            # Evaluation may run every k epochs: connect the epochs that have it.
+            values = np.asarray(column(m))
+            keep = ~np.isnan(values)
+            ax2.plot(np.asarray(epochs)[keep], values[keep], "s-", color=color, label=m)
+        ax2.set_ylabel(" / ".join(present), color="tab:red")
+        ax2.set_ylim(bottom=0)
+    ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(history_csv))), fontsize=9)
+    fig.legend(loc="upper center", ncol=1 + len(present), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.9))
+    fig.tight_layout()
+    with io_utils.atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_path

@@ -301,6 +301,11 @@ def run(args, dataset="coco"):
         written["export (best weights)" if os.path.exists(trainer.best_weights_path)
                 else "export"] = export_dir
     if chief:
+        history = os.path.join(args.output, training.HISTORY_CSV)
+        if os.path.isfile(history):
+            from keras_dpn import visualize
+            written["training curves"] = visualize.plot_history(
+                history, os.path.join(args.output, "curves.png"), metrics=(monitor,))
         state = training.read_state(args.output) or {}
         print("\nDone" + (" (sample smoke run)" if args.sample else "") +
               f": {state.get('epoch', '?')} epoch(s), best {monitor} "

@@ -118,3 +118,28 @@ def test_cli_export_refuses_existing(exported, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["export", "NotAModel", "--out-dir", str(tmp_path)]) == 2
     assert os.listdir(tmp_path) == []
+
+
+def test_plot_history_draws_loss_and_metric(tmp_path):
+    import cv2
+
+    from keras_dpn import visualize
+    csv_path = tmp_path / "history.csv"
+    csv_path.write_text("epoch,loss,lr,val_AP\n0,0.02,0.001,0.0\n1,0.01,0.001,0.25\n"
+                        "2,0.005,0.001,\n")
+    out = visualize.plot_history(str(csv_path), str(tmp_path / "curves.png"), metrics=("val_AP",))
+    image = cv2.imread(out)
+    assert image is not None and image.shape == (360, 640, 3)
+    assert image.std() > 5  # something was drawn
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "history.csv"]
+
+
+def test_plot_history_bad_input(tmp_path):
+    from keras_dpn import visualize
+    with pytest.raises(ValueError, match="No training history"):
+        visualize.plot_history(str(tmp_path / "missing.csv"), str(tmp_path / "c.png"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("epoch,lr\n")
+    with pytest.raises(ValueError, match="no rows or no `loss`"):
+        visualize.plot_history(str(empty), str(tmp_path / "c.png"))
+    assert not (tmp_path / "c.png").exists()
