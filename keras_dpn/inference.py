@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from keras_dpn import transforms
-from keras_dpn.codec import HeatmapCodec, flip_back
+from keras_dpn.codec import HeatmapCodec, merge_flip
 from keras_dpn.keypoints import get_keypoint_spec
 
 MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
@@ -438,7 +438,7 @@ class PoseEstimator:
         heatmaps = self._run(x)
         if self.flip_test:
             flipped = self._run(np.ascontiguousarray(x[:, :, ::-1]))
-            heatmaps = (heatmaps + flip_back(flipped, self.spec.flip_index)) * 0.5
+            heatmaps = merge_flip(heatmaps, flipped, self.spec.flip_index)
         return heatmaps
 
     def _run(self, x):
