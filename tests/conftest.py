@@ -19,3 +19,11 @@ def sample_dir():
 @pytest.fixture(scope="session")
 def test_data_dir():
     return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """One export of a small seeded DPN, shared by the deployment tests:
+    ``(keras model, export folder, uint8 crops)``."""
+    import deploy_helpers
+    return deploy_helpers.fresh_export(tmp_path_factory.getbasetemp() / "deploy")

@@ -19,11 +19,6 @@ from keras_dpn.codec import HeatmapCodec
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return dh.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
-
-
-@pytest.fixture(scope="module")
 def keras_heatmaps(exported):
     model, _, crops = exported
     return np.asarray(model(export.normalize_numpy(crops), training=False))

@@ -16,11 +16,6 @@ DETECTIONS = os.path.join(dh.ROOT, "sample_data", "coco", "annotations",
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return dh.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
-
-
-@pytest.fixture(scope="module")
 def reference(exported):
     model, _, _ = exported
     boxes = boxes_from_detections(DETECTIONS, 785, 0.3)

@@ -14,11 +14,6 @@ DETECTIONS = os.path.join(dh.ROOT, "sample_data", "coco", "annotations",
 VIDEO = os.path.join(dh.ROOT, "tests", "data", "video", "street_5frames.mp4")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return dh.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
-
-
 def _person():
     kp = np.zeros((17, 3), np.float32)
     kp[:, 0] = np.linspace(20, 80, 17)
