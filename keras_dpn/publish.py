@@ -1,0 +1,441 @@
+"""From a training run to a release: ``run_config.json`` and ``keras-dpn publish``.
+
+A run folder (:class:`keras_dpn.training.Trainer`, ``recipes/train_coco.py``)
+records at its start, atomically, what it trains in ``OUTPUT/run_config.json``:
+
+.. code-block:: json
+
+    {"model": {"variant": "DPN4_32", "arguments": {"input_shape": [256, 192, 3],
+               "num_keypoints": 17, "resolution": "medium", ...}},
+     "architecture": {"num_weights": ..., "sha256_16": ...},
+     "keypoints": "coco", "dataset": {...}, "training": {...}, "recipe": {...}}
+
+:func:`publish_run` (``keras-dpn publish RUN_DIR --name NAME``) turns the run
+into a preset (:mod:`keras_dpn.presets`): the best weights, that config, the
+metrics of the published epoch and of the last evaluation, the export folder
+and its per-format table when present; packs it into ``NAME.tar.gz``; and
+writes and prints the registry entry to paste into
+:func:`keras_dpn.weights.register` (or to load with
+:func:`keras_dpn.weights.load_registry`). A run whose files disagree on the
+keypoint set, the input size or the architecture is refused before anything
+is written.
+"""
+
+import csv
+import datetime
+import json
+import math
+import os
+import re
+import shutil
+
+from keras_dpn import io_utils, presets
+from keras_dpn import weights as weights_lib
+from keras_dpn.keypoints import get_keypoint_spec
+
+RUN_CONFIG = "run_config.json"
+BEST_WEIGHTS = "best.weights.h5"
+BEST_JSON = "best.json"
+STATE_FILE = os.path.join("checkpoints", "state.json")
+HISTORY_CSV = "history.csv"
+EXPORT_DIR = "export"
+# The per-format table (AP of every exported file) is read from the export
+# folder when a measurement left one there.
+ACCURACY_FILE = "accuracy.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+URL_PLACEHOLDER = "https://YOUR-HOST/{file}"
+
+
+# ---------------------------------------------------------------------------
+# run_config.json
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _trainer_settings(trainer):
+    names = ("learning_rate", "lr_boundaries", "lr_factor", "epochs", "steps_per_epoch",
+             "precision", "loop", "jit_compile", "monitor", "monitor_mode")
+    settings = {k: getattr(trainer, k) for k in names if hasattr(trainer, k)}
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is not None:
+        settings["strategy"] = type(strategy).__name__
+        settings["replicas"] = int(getattr(strategy, "num_replicas_in_sync", 1))
+    return settings
+
+
+def record_run(output_dir, trainer=None, model=None, **info):
+    """Records what a run trains in ``OUTPUT/run_config.json`` (atomic; merged on resume).
+
+    Args:
+        output_dir: the run folder.
+        trainer: a :class:`keras_dpn.training.Trainer` (its model and
+            settings are recorded).
+        model: the model, when there is no trainer.
+        **info: more entries, e.g. ``keypoints="coco"``, ``dataset={...}``,
+            ``training={...}`` (merged into the trainer's settings),
+            ``recipe={...}``.
+
+    Returns:
+        The recorded dict.
+    """
+    path = os.path.join(os.fspath(output_dir), RUN_CONFIG)
+    previous = {}
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = {}  # a damaged record is rewritten whole
+    model = model if model is not None else getattr(trainer, "model", None)
+    record = dict(previous)
+    record.setdefault("created", _now())
+    record["updated"] = _now()
+    import keras_dpn
+    record["keras_dpn_version"] = keras_dpn.__version__
+    training = dict(previous.get("training") or {})
+    if trainer is not None:
+        training.update(_trainer_settings(trainer))
+        info = {**(getattr(trainer, "run_info", None) or {}), **info}
+    training.update(info.pop("training", None) or {})
+    record["training"] = training
+    if model is not None:
+        from keras_dpn.training import architecture_fingerprint
+        record["model"] = weights_lib.builder_config(model)
+        record["architecture"] = architecture_fingerprint(model)
+        num_k = int(model.output_shape[-1])
+        record.setdefault("keypoints", {17: "coco", 16: "mpii"}.get(num_k))
+    record.update(info)
+    with io_utils.atomic_file(path, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    return record
+
+
+def read_run_config(run_dir):
+    """The ``run_config.json`` of a run folder.
+
+    Raises:
+        ValueError: the folder or the file is missing or unreadable.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"The run folder does not exist. Received: run_dir={run_dir!r}")
+    path = os.path.join(run_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"The run folder holds no {RUN_CONFIG}, so its builder arguments are unknown (runs "
+            "record it from keras-dpn 0.2: Trainer, recipes/train_coco.py). "
+            f"Received: run_dir={run_dir!r}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{RUN_CONFIG} cannot be read ({e}). Received: run_dir={run_dir!r}") from e
+
+
+# ---------------------------------------------------------------------------
+# Publishing
+
+
+def _refuse(message, run_dir):
+    raise ValueError(f"{message} Nothing was written. Received: run_dir={os.fspath(run_dir)!r}")
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"A file of the run cannot be read as JSON ({e}); nothing was written. "
+                         f"Received: {path}") from e
+
+
+def _finite(value):
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _last_evaluation(run_dir, prefix="val_"):
+    """The last ``history.csv`` row with evaluation values: ``(epoch, {key: value})``."""
+    path = os.path.join(run_dir, HISTORY_CSV)
+    if not os.path.isfile(path):
+        return None, {}
+    last = (None, {})
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items()
+                      if k and k.startswith(prefix) and _finite(v)}
+            if values:
+                last = (int(row["epoch"]) + 1, values)  # history counts epochs from 0
+    return last
+
+
+_ROW_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "ap_drop", "size_mb", "flip_test")
+
+
+def _accuracy_by_format(report):
+    """``{format: {"AP": ..., ...}}`` from the report ``export_eval.write_report`` writes
+    (``{"rows": [{"format": ..., "AP": ...}, ...], ...}``); a row that failed or a
+    duplicate row of one format measured without the flip test is left out."""
+    if not isinstance(report, dict):
+        return {}
+    rows = report.get("rows")
+    if not isinstance(rows, list):  # a plain {format: metrics} table
+        return {k: v for k, v in report.items() if isinstance(v, dict)}
+    table = {}
+    for row in rows:
+        if not isinstance(row, dict) or "AP" not in row or "format" not in row:
+            continue
+        if row["format"] in table and not row.get("flip_test"):
+            continue  # the keras row without flip test, the keypoints file's reference
+        table[row["format"]] = {k: row[k] for k in _ROW_METRICS if k in row}
+    return table
+
+
+def _export_table(export_dir):
+    """Per-format metrics of an export folder, when measured."""
+    path = os.path.join(export_dir, ACCURACY_FILE)
+    if os.path.isfile(path):
+        return _accuracy_by_format(_read_json(path))
+    meta = os.path.join(export_dir, presets.METADATA_FILE)
+    if os.path.isfile(meta):
+        return _read_json(meta).get("accuracy") or {}
+    return {}
+
+
+def _check_run(run_dir, run_config, weights_file):
+    """Everything publish checks before it writes; returns the pieces it needs."""
+    model_cfg = run_config.get("model")
+    if not isinstance(model_cfg, dict) or "variant" not in model_cfg:
+        _refuse(f"{RUN_CONFIG} records no model builder (the run's model was not built by "
+                "keras_dpn.get_model or a variant constructor).", run_dir)
+    variant, arguments = model_cfg["variant"], dict(model_cfg.get("arguments") or {})
+    from keras_dpn.models.registry import model_info
+    try:
+        model_info(variant, arg_name="variant")
+        weights_lib.complete_config(variant, {k: v for k, v in arguments.items()
+                                              if k in weights_lib.ARCHITECTURE_ARGS})
+    except ValueError as e:
+        _refuse(f"{RUN_CONFIG} names a model this keras-dpn cannot build: {e}.", run_dir)
+    num_k = arguments.get("num_keypoints")
+    shape = arguments.get("input_shape")
+    if not isinstance(shape, list) or len(shape) != 3 or not isinstance(num_k, int):
+        _refuse(f"{RUN_CONFIG} records no input_shape [H, W, 3] and num_keypoints for the "
+                f"model (found input_shape={shape!r}, num_keypoints={num_k!r}).", run_dir)
+    keypoints = run_config.get("keypoints")
+    try:
+        spec = get_keypoint_spec(keypoints)
+    except ValueError as e:
+        _refuse(f"{RUN_CONFIG} names an unknown keypoint set: {e}.", run_dir)
+    if spec.num_keypoints != num_k:
+        _refuse(f"Inconsistent keypoint set: {RUN_CONFIG} says {spec.name!r} "
+                f"({spec.num_keypoints} joints) but the model has num_keypoints={num_k}.",
+                run_dir)
+    export_dir = os.path.join(run_dir, EXPORT_DIR)
+    export_meta = None
+    if os.path.isdir(export_dir):
+        meta_path = os.path.join(export_dir, presets.METADATA_FILE)
+        if not os.path.isfile(meta_path):
+            _refuse(f"The export folder has no {presets.METADATA_FILE} (an interrupted or "
+                    "foreign export); re-export it or remove it.", run_dir)
+        export_meta = _read_json(meta_path)
+        if list(export_meta.get("input_size") or []) != list(shape[:2]):
+            _refuse(f"Inconsistent input size: the export folder's models take "
+                    f"{export_meta.get('input_size')}, the run's model {shape[:2]}.", run_dir)
+        exported_k = export_meta.get("num_keypoints")
+        exported_set = (export_meta.get("keypoints") or {}).get("name")
+        if exported_k != num_k or (exported_set is not None and exported_set != spec.name):
+            _refuse(f"Inconsistent keypoint set: the export folder holds {exported_k} keypoints "
+                    f"({exported_set}), the run {num_k} ({spec.name}).", run_dir)
+    if not os.path.isfile(weights_file):
+        _refuse(f"There are no weights to publish: {weights_file} does not exist (the run "
+                "kept no best epoch: no evaluation ran or none was finite). Name a weights "
+                "file with --weights.", run_dir)
+    return variant, arguments, spec, export_dir if export_meta is not None else None
+
+
+def _build_and_verify(run_dir, variant, arguments, weights_file, run_config):
+    """The run's model rebuilt from its config, checked against the run's own records."""
+    from keras_dpn.models.registry import get_model
+    from keras_dpn.training import architecture_fingerprint, precision_policy, read_state
+
+    kwargs = dict(arguments, input_shape=tuple(arguments["input_shape"]))
+    with precision_policy("float32"):  # a preset holds float32 weights
+        model = get_model(variant, **kwargs)
+    fingerprint = architecture_fingerprint(model)
+    recorded = [("run_config.json", (run_config.get("architecture") or {}))]
+    state = read_state(run_dir) or {}
+    recorded.append((STATE_FILE, state.get("architecture") or {}))
+    for where, found in recorded:
+        if found and (found.get("sha256_16") != fingerprint["sha256_16"]
+                      or found.get("num_weights") != fingerprint["num_weights"]):
+            _refuse(f"Inconsistent architecture: {where} records {found.get('name')} with "
+                    f"{found.get('num_weights')} weights ({found.get('num_params')} values), but "
+                    f"{variant}({_kwargs_text(arguments)}) has {fingerprint['num_weights']} "
+                    f"({fingerprint['num_params']} values).", run_dir)
+    try:
+        weights_lib.verify_layout(model, weights_file, variant, arguments["num_keypoints"])
+    except ValueError as e:
+        _refuse(f"Inconsistent architecture: {e}", run_dir)
+    model.load_weights(weights_file)
+    return model
+
+
+def _kwargs_text(arguments):
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}"
+                     for k, v in sorted(arguments.items()))
+
+
+def registry_entry(preset, tag, url, sha256):
+    """The keyword arguments of :func:`keras_dpn.weights.register` for a published archive."""
+    arguments = preset.arguments
+    metrics = {k: v for k, v in (preset.metadata.get("metrics") or {}).items()
+               if isinstance(v, (int, float))}
+    return {
+        "arch": preset.variant, "tag": tag, "url": url, "sha256": sha256,
+        "input_shape": list(arguments["input_shape"]),
+        "num_keypoints": arguments["num_keypoints"], "keypoints": preset.keypoints,
+        "config": {k: v for k, v in arguments.items() if k in weights_lib.ARCHITECTURE_ARGS},
+        "metrics": metrics,
+    }
+
+
+def entry_code(entry):
+    """``keras_dpn.weights.register(...)`` source for an entry dict."""
+    args = [f"{entry['arch']!r}, {entry['tag']!r}"]
+    for key in ("url", "sha256", "input_shape", "num_keypoints", "keypoints", "config",
+                "metrics"):
+        value = entry[key]
+        if key == "input_shape":
+            value = tuple(value)
+        args.append(f"{key}={value!r}")
+    body = ",\n    ".join(args)
+    return f"keras_dpn.weights.register(\n    {body})"
+
+
+def publish_run(run_dir, name, out_dir="presets", tag=None, url=None, weights=None,
+                include_export=True, archive_format="tar.gz", overwrite=False):
+    """Makes a preset and its archive from a training run.
+
+    Args:
+        run_dir: the run folder (``recipes/train_coco.py --output``, or a
+            :class:`~keras_dpn.training.Trainer` ``output_dir``).
+        name: the preset's name: the folder ``OUT_DIR/NAME/`` and the archive
+            ``OUT_DIR/NAME.tar.gz``.
+        out_dir: where they go.
+        tag: the registry tag (default: the run's dataset, e.g. ``"coco"``).
+        url: where the archive will be served (default: a placeholder to
+            replace).
+        weights: the weights file to publish (default: the run's
+            ``best.weights.h5``).
+        include_export: copy the run's ``export/`` folder into the preset.
+        archive_format: ``"tar.gz"`` or ``"zip"``.
+        overwrite: replace an existing preset and archive of that name.
+
+    Returns:
+        A dict: ``preset`` (folder), ``archive``, ``sha256``, ``entry``
+        (register's arguments), ``registry_file`` and ``code`` (the
+        ``register(...)`` call).
+
+    Raises:
+        ValueError: a bad name, or a run whose config, weights, checkpoint
+            state or export folder disagree (keypoint set, input size,
+            architecture); nothing is written.
+        FileExistsError: the preset exists and ``overwrite`` is False.
+    """
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name.endswith(
+            presets.ARCHIVE_SUFFIXES):
+        raise ValueError("`name` must be a file name of letters, digits, '_', '.' and '-' "
+                         f"(no folder, no archive suffix). Received: name={name!r}")
+    if archive_format not in ("tar.gz", "zip"):
+        raise ValueError(f"`archive_format` must be 'tar.gz' or 'zip'. "
+                         f"Received: archive_format={archive_format!r}")
+    run_config = read_run_config(run_dir)
+    weights_file = os.path.abspath(weights or os.path.join(run_dir, BEST_WEIGHTS))
+    variant, arguments, spec, export_dir = _check_run(run_dir, run_config, weights_file)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    folder = os.path.join(out_dir, name)
+    archive = f"{folder}.{archive_format}"
+    registry_file = f"{folder}.registry.json"
+    if not overwrite:
+        for path in (folder, archive, registry_file):
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} already exists. Pass overwrite=True (--overwrite) "
+                                      "to replace the release; nothing was written.")
+    if tag is None:
+        dataset = run_config.get("dataset")
+        tag = (dataset.get("name") if isinstance(dataset, dict) else dataset) or spec.name
+    tag = str(tag)
+    if "." in tag or not NAME_PATTERN.match(tag):
+        raise ValueError(f"`tag` must be letters, digits, '_' and '-' (no '.'). "
+                         f"Received: tag={tag!r}")
+    model = _build_and_verify(run_dir, variant, arguments, weights_file, run_config)
+
+    metadata = {"name": name, "tag": tag,
+                "training": _training_section(run_dir, run_config, weights, weights_file)}
+    metrics, note = _metrics(run_dir, run_config, weights)
+    metadata["metrics"] = metrics
+    if note:
+        metadata["metrics_note"] = note
+    epoch, last = _last_evaluation(run_dir)
+    if last:
+        metadata["last_evaluation"] = {"epoch": epoch, **last}
+    if export_dir is not None and include_export:
+        metadata["formats"] = _export_table(export_dir)
+    # Saved from the verified float32 model rather than copied: a run's best
+    # weights file also holds the optimizer's state (twice the weights, for Adam).
+    preset = presets.save_preset(model, folder, keypoints=spec, metadata=metadata,
+                                 export_dir=export_dir if include_export else None,
+                                 name=name, overwrite=overwrite)
+    try:
+        archive, digest = presets.archive_preset(folder, archive, archive_format)
+        entry = registry_entry(preset, tag, url or URL_PLACEHOLDER.format(
+            file=os.path.basename(archive)), digest)
+        with io_utils.atomic_file(registry_file, "w") as f:
+            json.dump([entry], f, indent=2)
+            f.write("\n")
+    except BaseException:
+        if not overwrite:  # a new release is all there or not there at all
+            shutil.rmtree(folder, ignore_errors=True)
+            weights_lib._remove_quietly(archive)
+        raise
+    return {"preset": folder, "archive": archive, "sha256": digest, "entry": entry,
+            "registry_file": registry_file, "code": entry_code(entry)}
+
+
+def _training_section(run_dir, run_config, weights, weights_file):
+    # Folder names only: a release should not carry the publisher's local paths.
+    section = {"run": os.path.basename(run_dir), "weights": os.path.basename(weights_file)}
+    for key in ("dataset", "training", "created", "updated"):
+        if run_config.get(key) is not None:
+            section[key] = run_config[key]
+    state_path = os.path.join(run_dir, STATE_FILE)
+    if os.path.isfile(state_path):
+        state = _read_json(state_path)
+        section["epochs_run"] = state.get("epoch")
+        section["optimizer_steps"] = state.get("step")
+    best_path = os.path.join(run_dir, BEST_JSON)
+    if weights is None and os.path.isfile(best_path):
+        section["best_epoch"] = _read_json(best_path).get("epoch")
+    return section
+
+
+def _metrics(run_dir, run_config, weights):
+    """Metrics of the published weights (the best epoch's evaluation), and a caveat."""
+    best_path = os.path.join(run_dir, BEST_JSON)
+    metrics = {}
+    if weights is None and os.path.isfile(best_path):
+        best = _read_json(best_path)
+        logs = best.get("logs") or {}
+        metrics = {k: v for k, v in logs.items() if k.startswith("val_") and _finite(v)}
+    note = None
+    dataset = run_config.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("sample"):
+        note = ("Measured on the bundled sample, on the images it was trained on: this shows "
+                "memorization, not accuracy on unseen people.")
+    return metrics, note
