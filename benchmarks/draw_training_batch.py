@@ -14,6 +14,7 @@ Usage::
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -67,7 +68,7 @@ def main(argv=None):
     spec = get_keypoint_spec(args.dataset)
     size = (256, 192) if args.dataset == "coco" else (256, 256)
     hm_size = (size[0] // 4, size[1] // 4)
-    pattern = args.shards
+    pattern, tmp = args.shards, None
     if pattern is None:
         tmp = tempfile.mkdtemp(prefix="dpn_draw_")
         if args.dataset == "coco":
@@ -81,9 +82,14 @@ def main(argv=None):
                                    os.path.join(tmp, "s"), 1, num_workers=1, progress=False,
                                    verbose=False)
         pattern = os.path.join(tmp, "s-*.tfrecord")
-    ds = data.build_dataset(pattern, dataset=spec, batch_size=args.count, input_size=size,
-                            heatmap_size=hm_size, seed=args.seed, deterministic=True, repeat=True)
-    images, heatmaps, weights = (t.numpy() for t in next(iter(ds)))
+    try:
+        ds = data.build_dataset(pattern, dataset=spec, batch_size=args.count, input_size=size,
+                                heatmap_size=hm_size, seed=args.seed, deterministic=True,
+                                repeat=True)
+        images, heatmaps, weights = (t.numpy() for t in next(iter(ds)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     codec = HeatmapCodec(size, hm_size)
     panels = [render_example(images[i], heatmaps[i], weights[i], spec, codec)
               for i in range(args.count)]

@@ -66,7 +66,7 @@ def keras_worker(name, threads, warmup, runs):
     gflops = 2 * 1024 ** 3 / (matmul_ms / 1000.0) / 1e9
     result = dict(matmul_gflops=gflops)
     if name:
-        model = getattr(keras_dpn, name)(input_shape=INPUT_SHAPE)
+        model = keras_dpn.get_model(name, input_shape=INPUT_SHAPE)
         x = tf.constant(np.random.default_rng(0).normal(size=(1,) + INPUT_SHAPE), tf.float32)
         fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
         start = time.perf_counter()
@@ -127,7 +127,7 @@ def main(argv=None):
     import keras
 
     import keras_dpn
-    from keras_dpn import export
+    from keras_dpn import calibration, export
     try:
         from keras_dpn.analysis import count_macs
     except ImportError:  # the analysis module is optional here
@@ -135,18 +135,14 @@ def main(argv=None):
 
     started = time.time()
     load = os.getloadavg()[0]
-    crops, _ = export.sample_crops(INPUT_SHAPE[:2], args.calibration_crops)
+    crops = calibration.default_crops(INPUT_SHAPE[:2], args.calibration_crops)
     rows = []
     matmul = {}
     for threads in args.threads:
         matmul[threads] = _run_keras_child(None, threads, 0, 0)["matmul_gflops"]
     for name in args.models:
-        builder = getattr(keras_dpn, name, None)
-        if builder is None:
-            print(f"skipping {name}: not available in this keras_dpn", file=sys.stderr)
-            continue
         keras.utils.set_random_seed(0)
-        model = builder(input_shape=INPUT_SHAPE)
+        model = keras_dpn.get_model(name, input_shape=INPUT_SHAPE)
         macs = count_macs(model) if count_macs else None
         with tempfile.TemporaryDirectory(prefix="keras_dpn_bench_") as tmp:
             folder = os.path.join(tmp, name)

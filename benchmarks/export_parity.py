@@ -1,6 +1,6 @@
 """Parity of every exported form against the Keras model, on real sample crops.
 
-Trains (or loads from the test cache) the tiny DPN1_32 at 128x96 of
+Trains (or loads from ``--model-dir``) the tiny DPN1_32 at 128x96 of
 ``tests/deploy_helpers.py`` (random weights make quantized agreement
 meaningless), exports every format plus QAT and pruning, and prints a
 markdown table: file size, largest heatmap difference and mean decoded
@@ -11,8 +11,8 @@ Usage::
 
     python benchmarks/export_parity.py [--qat-epochs 3] [--no-qat]
 
-Takes about 10 minutes on two busy cores (4 of them training, if the model
-is not cached yet).
+Takes about 10 minutes on two busy cores (4 of them training, unless
+``--model-dir`` already holds the model).
 """
 
 import argparse
@@ -33,26 +33,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--no-qat", action="store_true", help="skip QAT and pruning")
+    parser.add_argument("--model-dir", help="keep the trained model here and reuse it "
+                                            "(default: a temporary folder)")
     args = parser.parse_args(argv)
 
     import deploy_helpers as dh
     from keras_dpn import export
     from keras_dpn.codec import HeatmapCodec
     from keras_dpn.inference import PoseEstimator
+    from keras_dpn.transforms import normalize_image
 
     started = time.time()
-    model, path = dh.trained_tiny_dpn()
+    scratch = tempfile.TemporaryDirectory(prefix="keras_dpn_parity_")
+    model, path = dh.trained_tiny_dpn(args.model_dir or scratch.name)
     crops, _, _, kps = dh.sample_training_set()
     n = dh.TRAIN_PEOPLE
-    x = export.normalize_numpy(crops)
+    x = normalize_image(crops)
     ref_hm = np.asarray(model.predict(x, verbose=0))
     codec = HeatmapCodec(dh.INPUT_SIZE, dh.HEATMAP_SIZE)
     ref_kp = codec.decode(ref_hm)[0] * codec.stride
     truth_err = dh.mean_keypoint_error(ref_kp[:n], kps[:n], kps[:n, :, 2])
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="keras_dpn_parity_") as tmp:
-        folder = os.path.join(tmp, "tiny")
+    with scratch:
+        folder = os.path.join(scratch.name, "tiny")
         files = export.export_model(model, folder, representative_data=crops,
                                     qat=not args.no_qat, prune=not args.no_qat,
                                     qat_kwargs=dict(epochs=args.qat_epochs), verbose=False)

@@ -20,24 +20,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-# Paper values (M params, GMACs); None where the paper gives none.
-# (label, constructor name, kwargs, paper params, paper GMACs, source)
-ROWS = [
-    ("DPN1_32", "DPN1_32", {}, None, None, ""),
-    ("DPN2_32", "DPN2_32", {}, None, None, ""),
-    ("DPN3_32", "DPN3_32", {}, None, None, ""),
-    ("DPN4_32", "DPN4_32", {}, 0.7, 1.1, "Table II"),
-    ("DPN1_64", "DPN1_64", {}, None, 2.1, "Table IV"),
-    ("DPN2_64", "DPN2_64", {}, None, 2.4, "Table IV"),
-    ("DPN3_64", "DPN3_64", {}, None, 2.7, "Table IV"),
-    ("DPN4_64", "DPN4_64", {}, 3.3, 3.0, "Table II/IV"),
-    ("DPN1_64 high", "DPN1_64", {"resolution": "high"}, None, 6.0, "Table IV"),
-    ("DPN2_64 high", "DPN2_64", {"resolution": "high"}, None, 7.2, "Table IV"),
-    ("DPN3_64 high", "DPN3_64", {"resolution": "high"}, None, 8.4, "Table IV"),
-    ("DPN4_64 high", "DPN4_64", {"resolution": "high"}, None, 9.6, "Table IV"),
-    ("HRNetW32", "HRNetW32", {}, 28.5, 7.1, "Table VI"),
-    ("DPN2_HRNet", "DPN2_HRNet", {}, 29.5, 7.8, "Table VI"),
-]
+
+
+def rows_from_registry():
+    """``(label, name, kwargs, paper params, paper GMACs, source)`` per registered
+    variant, plus a ``high`` row where the paper measures ``resolution="high"``
+    (the paper's figures live in the registry, :mod:`keras_dpn.models.registry`)."""
+    from keras_dpn.models import MODELS, model_info
+    rows, high = [], []
+    for name in MODELS:
+        info = model_info(name)
+        rows.append((name, name, {}, info.paper_params, info.paper_gmacs, info.source))
+        if info.paper_gmacs_high is not None:
+            high.append((f"{name} high", name, {"resolution": "high"}, None,
+                         info.paper_gmacs_high, info.source))
+    # The high-resolution rows after the medium DPNs, before the HRNets.
+    split = max(i for i, r in enumerate(rows) if r[0].startswith("DPN") and "_64" in r[0]) + 1
+    return rows[:split] + high + rows[split:]
 
 
 def _deviation(measured, paper):
@@ -50,17 +49,18 @@ def _fmt(value, digits):
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def measure(rows=ROWS, input_shape=(256, 192, 3), progress=True):
+def measure(rows=None, input_shape=(256, 192, 3), progress=True):
     """Returns one dict per row with the measured and the paper's numbers."""
     import keras
 
     from keras_dpn.analysis import count_macs
-    from keras_dpn.models import MODELS
+    from keras_dpn.models import get_model
 
+    rows = rows_from_registry() if rows is None else rows
     results = []
     bar = keras.utils.Progbar(len(rows), unit_name="model") if progress else None
     for label, ctor, kwargs, paper_params, paper_gmacs, source in rows:
-        model = MODELS[ctor](input_shape=input_shape, **kwargs)
+        model = get_model(ctor, input_shape=input_shape, **kwargs)
         trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
         results.append(dict(
             label=label, resolution=kwargs.get("resolution", "medium"),
@@ -99,7 +99,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="labels of the rows to measure")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    rows = [r for r in ROWS if not args.only or r[0] in args.only]
+    rows = [r for r in rows_from_registry() if not args.only or r[0] in args.only]
     start = time.time()
     table = to_markdown(measure(rows))
     print()

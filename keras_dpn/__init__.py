@@ -4,21 +4,28 @@
 >>> model = keras_dpn.DPN4_32()
 >>> model.output_shape
 (None, 64, 48, 17)
+
+Runs on every Keras 3 backend (``KERAS_BACKEND=tensorflow|jax|torch``).
+TensorFlow is needed only by the tf.data pipeline (``build_dataset``), the
+SavedModel / TFLite exports and the ``tf.distribute`` training path; without
+it ``import keras_dpn`` works and those fail with a one-line error naming the
+install command (:mod:`keras_dpn._optional`).
 """
 
 __version__ = "0.1.0"
 
 # Models.
-from keras_dpn import analysis, keypoints, layers, models, weights
+from keras_dpn import analysis, keypoints, layers, models, presets, weights
 from keras_dpn.keypoints import COCO_17, MPII_16, KeypointSpec, get_keypoint_spec
 from keras_dpn.layers import BasicBlock, Bottleneck, DilationPyramidModule
-from keras_dpn.models import (DPN, DPN1_32, DPN1_64, DPN2_32, DPN2_64, DPN3_32, DPN3_64,
-                              DPN4_32, DPN4_64, MODELS, DPN2_HRNet, HRNetW32, get_model)
+# DPN, MODELS, get_model and every registered variant (DPN1_32 ... DPN2_HRNet).
+from keras_dpn.models import *  # noqa: F401,F403
 
-# Targets and data.
-from keras_dpn import codec, data, transforms
+# Targets and data. The tf.data pipeline (build_dataset) imports TensorFlow on
+# first use; PersonCrops (OpenCV + numpy) trains on any backend without it.
+from keras_dpn import _optional, codec, data, transforms
 from keras_dpn.codec import HeatmapCodec, flip_back
-from keras_dpn.data import build_dataset
+from keras_dpn.data import PersonCrops
 
 # Training and evaluation.
 from keras_dpn import callbacks, evaluation, losses, metrics, training
@@ -29,7 +36,11 @@ from keras_dpn.metrics import HeatmapPCK
 from keras_dpn.training import Trainer, get_strategy
 
 # Deployment: inference.py imports LiteRT / ONNX Runtime only when such a file is
-# loaded; export.py imports tf2onnx lazily; qat.py (tfmot, tf_keras) is never
-# imported here, since importing tfmot switches tf.keras for the whole process.
-from keras_dpn import export, inference
+# loaded; export.py imports onnx (and Keras' exporters tf2onnx) only when writing;
+# qat.py (tfmot, tf_keras) is never imported here, since importing tfmot switches
+# tf.keras for the whole process.
+from keras_dpn import assets, calibration, export, inference
 from keras_dpn.inference import PoseEstimator, boxes_from_detections
+
+# keras_dpn.build_dataset: the data module's lazy name, resolved on first use.
+__getattr__, _LAZY = _optional.lazy_exports(__name__, {"data": ("build_dataset",)})

@@ -177,6 +177,30 @@ def _set_positive_weights(model):
                     var.assign(np.full(shape, 1.0 / fan_in, "float32"))
 
 
+def _input_gradient(fn, x):
+    """Gradient of the scalar ``fn(x)`` with respect to the numpy input ``x``, as numpy."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tape.gradient(value, x).numpy()
+    if backend == "jax":
+        import jax
+        # The layer's variables are read as constants: only the input is differentiated.
+        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
+    if backend == "torch":
+        import torch
+        leaf = torch.tensor(x, requires_grad=True)
+        fn(leaf).backward()
+        return leaf.grad.detach().cpu().numpy()
+    raise NotImplementedError(
+        "receptive_field needs the gradient of the TensorFlow, JAX or PyTorch backend. "
+        f"Received: KERAS_BACKEND={backend!r}")
+
+
 def receptive_field(model_or_layer, input_shape, position=None, positive_weights=True,
                     threshold=0.0):
     """Measures the receptive field of one output position by its gradient.
@@ -188,8 +212,8 @@ def receptive_field(model_or_layer, input_shape, position=None, positive_weights
     ReLU is off and no gradient cancels; the original weights are restored
     afterwards.
 
-    Only the TensorFlow backend is supported (the gradient uses
-    ``tf.GradientTape``).
+    Runs on the TensorFlow (``tf.GradientTape``), JAX (``jax.grad``) and
+    PyTorch (autograd) backends.
 
     Args:
         model_or_layer: a Keras model or layer mapping ``(B, H, W, C)`` to
@@ -209,42 +233,37 @@ def receptive_field(model_or_layer, input_shape, position=None, positive_weights
     >>> rf.extent, rf.count, rf.has_holes
     ((5, 5), (3, 3), True)
     """
-    if keras.backend.backend() != "tensorflow":
-        raise NotImplementedError(
-            "receptive_field uses tf.GradientTape and needs KERAS_BACKEND=tensorflow. "
-            f"Received: backend={keras.backend.backend()!r}")
-    import tensorflow as tf
-
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise ValueError(
             "`input_shape` must be (height, width, channels). "
             f"Received: input_shape={input_shape!r}")
-    x = tf.ones((1,) + input_shape, tf.float32)
+    x = np.ones((1,) + input_shape, np.float32)
     if not model_or_layer.built:
         model_or_layer(x)
-    saved = [np.array(w) for w in model_or_layer.weights]
+    saved = [np.array(keras.ops.convert_to_numpy(w)) for w in model_or_layer.weights]
     try:
         if positive_weights:
             _set_positive_weights(model_or_layer)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model_or_layer(x, training=False)
-            y = tf.cast(_first_tensor(y), tf.float32)
-            h, w = int(y.shape[1]), int(y.shape[2])
-            if position is None:
-                position = (h // 2, w // 2)
-            r, c = position
-            if not (0 <= r < h and 0 <= c < w):
-                raise ValueError(
-                    f"`position` must lie inside the {h}x{w} output. "
-                    f"Received: position={position!r}")
-            target = tf.reduce_sum(y[0, r, c, :])
-        grad = tape.gradient(target, x)
+        y = _first_tensor(model_or_layer(x, training=False))
+        h, w = int(y.shape[1]), int(y.shape[2])
+        if position is None:
+            position = (h // 2, w // 2)
+        r, c = position
+        if not (0 <= r < h and 0 <= c < w):
+            raise ValueError(
+                f"`position` must lie inside the {h}x{w} output. "
+                f"Received: position={position!r}")
+
+        def target(inputs):
+            out = _first_tensor(model_or_layer(inputs, training=False))
+            return keras.ops.sum(keras.ops.cast(out[0, r, c, :], "float32"))
+
+        grad = _input_gradient(target, x)
     finally:
         for var, value in zip(model_or_layer.weights, saved):
             var.assign(value)
-    gradient = np.abs(grad.numpy()[0]).sum(axis=-1)
+    gradient = np.abs(grad[0]).sum(axis=-1)
     mask = gradient > threshold
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))

@@ -20,6 +20,15 @@ appended by Keras at the end, so they always see it.)
 on ``val_AP``: with ``mode="auto"`` Keras 3 cannot infer the direction of a
 metric that is not one of the model's compiled metrics, and raises a
 ``ValueError`` at the end of the first epoch.
+
+**A diverged model stops the run.** Predictions that are NaN or infinite
+(the evaluation refuses to score them, see
+:class:`~keras_dpn.evaluation.NonFinitePredictionError`) raise
+:class:`keras_dpn.training.TrainingDivergedError` from ``on_epoch_end``,
+naming the epoch, how many predictions and which images: ``fit`` stops there,
+before the callbacks listed after this one (checkpoints) see the epoch. The
+training loss can stay finite while the evaluation diverges (BatchNorm moving
+statistics are not part of the loss), so this is the only place it shows.
 """
 
 import os
@@ -29,8 +38,9 @@ import numpy as np
 
 from keras_dpn.evaluation import mpii
 from keras_dpn.evaluation.coco import METRIC_NAMES, COCOEvaluator
-from keras_dpn.evaluation.predict import predict_coco, predict_keypoints
+from keras_dpn.evaluation.predict import NonFinitePredictionError, predict_keypoints
 from keras_dpn.keypoints import COCO_17, MPII_16, get_keypoint_spec
+from keras_dpn.training import TrainingDivergedError
 
 DEFAULT_LOGGED = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
@@ -70,7 +80,14 @@ class _PeriodicEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._due(epoch):
             return
-        stats = self.evaluate(epoch)
+        try:
+            stats = self.evaluate(epoch)
+        except NonFinitePredictionError as e:
+            if self.model is not None:
+                self.model.stop_training = True
+            raise TrainingDivergedError(
+                f"Training diverged: the evaluation after epoch {epoch + 1} got non-finite "
+                f"predictions. {e}") from e
         self.history.append((epoch, stats))
         self.best = max(self.best, stats[self.main_metric])
         if logs is not None:
@@ -108,7 +125,11 @@ class COCOEvaluationCallback(_PeriodicEvaluation):
             APl, AR, AR50, AR75, ARm, ARl``).
         rescore, vis_threshold, nms_threshold: see
             :class:`~keras_dpn.evaluation.COCOEvaluator`.
-        steps: evaluate only this many batches (quick checks).
+        steps: evaluate only this many batches: a quick subset. The AP is
+            then computed on the images those batches cover (pycocotools'
+            ``imgIds``), not on the whole annotation file, where every image
+            left out would count its people as missed. (Batches follow the
+            dataset's order; the last image may be cut.)
         verbose: 1 shows a progress bar while predicting and a summary line.
 
     Attributes:
@@ -145,14 +166,22 @@ class COCOEvaluationCallback(_PeriodicEvaluation):
                                        vis_threshold=vis_threshold, nms_threshold=nms_threshold)
 
     def evaluate(self, epoch=None):
-        """Runs prediction and COCO evaluation now; returns the metrics dict."""
-        results = predict_coco(self.model, self.eval_dataset, codec=self.codec,
-                               keypoint_spec=self.keypoint_spec, flip_test=self.flip_test,
-                               steps=self.steps, verbose=self.verbose)
+        """Runs prediction and COCO evaluation now; returns the metrics dict.
+
+        Raises:
+            NonFinitePredictionError: NaN or infinite predictions (called by
+                ``fit``, this becomes a ``TrainingDivergedError``).
+        """
+        out = predict_keypoints(self.model, self.eval_dataset, codec=self.codec,
+                                keypoint_spec=self.keypoint_spec, flip_test=self.flip_test,
+                                steps=self.steps, verbose=self.verbose)
         self.evaluator.reset()
         self.evaluator.results_name = self.results_name.format(epoch=(epoch or 0) + 1)
-        self.evaluator.add_results(results)
-        stats = self.evaluator.evaluate()
+        # Arrays straight into the evaluator: no per-person dicts (104k at COCO scale).
+        self.evaluator.update(out["image_id"], out["keypoints"], out["center"], out["scale"],
+                              out["score"])
+        stats = self.evaluator.evaluate(
+            image_ids=None if self.steps is None else np.unique(out["image_id"]))
         self.last_file = self.evaluator.results_file
         return stats
 

@@ -1,4 +1,4 @@
-"""The ``keras-dpn`` command: ``export`` and ``predict``.
+"""The ``keras-dpn`` command: ``export``, ``predict`` and ``publish``.
 
 Examples::
 
@@ -6,18 +6,24 @@ Examples::
     keras-dpn export model.keras --name dpn4_32
     # A fresh (untrained) architecture, e.g. to check that it converts
     keras-dpn export DPN1_32 --input-size 128 96 --name dpn1_32_check --formats tflite_fp32
+    # Every format, then the COCO AP of the Keras model and of each file (what int8 costs)
+    keras-dpn export model.keras --name dpn4_32 --qat --prune \\
+        --evaluate person_keypoints_val2017.json val2017/ --eval-max-images 500
     # Skeletons on a photo (boxes from a COCO detection file) and on a video
     keras-dpn predict photo.jpg --model saved_models/dpn4_32/model_fp32.tflite \\
         --boxes detections.json --image-id 785 --out photo_pose.png
     keras-dpn predict clip.mp4 --model saved_models/dpn4_32 --out clip_pose.mp4
+    # Tracked ids, One-Euro smoothing, boxes from an ONNX person detector every 10 frames
+    keras-dpn predict clip.mp4 --model saved_models/dpn4_32 --out clip_pose.mp4 \\
+        --detector person_detector.onnx --detector-outputs boxes scores --smooth
+    # A training run -> presets/dpn4_32_coco/ + .tar.gz + the registry entry to paste
+    keras-dpn publish runs/dpn4_32_coco --name dpn4_32_coco --url https://example.org/
 """
 
 import argparse
 import os
 import re
 import sys
-
-import numpy as np
 
 
 def _build_parser():
@@ -43,44 +49,149 @@ def _build_parser():
                      help="also pruning -> model_pruned_int8.tflite")
     exp.add_argument("--qat-epochs", type=int, default=4)
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    ev = exp.add_argument_group(
+        "accuracy", "after the export, COCO AP of the Keras model and of every file through "
+        "PoseEstimator (AP drop, size, latency per file), printed and written to accuracy.json")
+    ev.add_argument("--evaluate", nargs=2, metavar=("ANNOTATIONS", "IMAGES"),
+                    help="COCO keypoint annotation JSON and its image folder (ground-truth "
+                         "person boxes unless --eval-detections)")
+    ev.add_argument("--eval-detections", metavar="FILE",
+                    help="person boxes from a COCO detection-results JSON instead")
+    ev.add_argument("--eval-flip-test", action="store_true",
+                    help="flip test as PoseEstimator(flip_test=True) (default: off, as deployed)")
+    ev.add_argument("--eval-max-images", type=int, metavar="N",
+                    help="only the first N images of ANNOTATIONS (default: all)")
 
     pred = sub.add_parser("predict", help="draw skeletons on an image or a video")
-    pred.add_argument("input", help="an image file or a video (.mp4, .avi, .mov, .mkv)")
-    pred.add_argument("--model", required=True,
-                      help=".keras, .tflite, .onnx, a SavedModel or an export folder")
-    pred.add_argument("--out", required=True, help="output image (.png/.jpg) or video (.mp4)")
-    pred.add_argument("--boxes", help="COCO detection-results JSON (image_id = the COCO id "
-                                      "of an image, or the 0-based frame index of a video)")
-    pred.add_argument("--image-id", type=int,
-                      help="image_id in --boxes (default: the number in the file name)")
-    pred.add_argument("--box-threshold", type=float, default=0.5,
-                      help="minimum detection score (0.5)")
-    pred.add_argument("--score-threshold", type=float, default=0.3,
-                      help="minimum joint score drawn (0.3)")
-    pred.add_argument("--keypoints", default="coco", help="keypoint set (coco)")
-    pred.add_argument("--flip-test", action="store_true")
-    pred.add_argument("--threads", type=int, default=None, help="TFLite / ONNX threads")
-    pred.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_predict_arguments(pred)
+
+    pub = sub.add_parser("publish", help="make a preset (folder + archive + registry entry) "
+                                         "from a training run")
+    pub.add_argument("run_dir", help="the run folder (recipes' --output, Trainer output_dir)")
+    pub.add_argument("--name", required=True, help="preset name: OUT_DIR/NAME/, NAME.tar.gz")
+    pub.add_argument("--out-dir", default="presets", help="parent folder (presets)")
+    pub.add_argument("--tag", help="registry tag (default: the run's dataset, e.g. coco)")
+    pub.add_argument("--url", help="where the archive will be served: a full URL, or a folder "
+                                   "URL ending in / (default: a placeholder to replace)")
+    pub.add_argument("--weights", help="weights file to publish (default: RUN_DIR/"
+                                       "best.weights.h5)")
+    pub.add_argument("--no-export", action="store_true",
+                     help="leave the run's export/ folder out of the preset")
+    pub.add_argument("--archive-format", choices=("tar.gz", "zip"), default="tar.gz")
+    pub.add_argument("--overwrite", action="store_true", help="replace an existing release")
     return parser
+
+
+def _publish(args):
+    from keras_dpn import publish
+    url = args.url
+    if url and url.endswith("/"):
+        url += f"{args.name}.{args.archive_format}"
+    out = publish.publish_run(args.run_dir, args.name, out_dir=args.out_dir, tag=args.tag,
+                              url=url, weights=args.weights, include_export=not args.no_export,
+                              archive_format=args.archive_format, overwrite=args.overwrite)
+    print(f"Preset   {out['preset']}\nArchive  {out['archive']}\nsha256   {out['sha256']}\n"
+          f"Registry {out['registry_file']}\n")
+    if not args.url:
+        print("Serve the archive, replace the URL placeholder, then register it:\n")
+    print("import keras_dpn\n" + out["code"])
+    entry = out["entry"]
+    print(f"model = keras_dpn.{entry['arch']}(weights={entry['tag']!r}, "
+          f"input_shape={tuple(entry['input_shape'])!r})")
+    print(f"\n(or keras_dpn.weights.load_registry({os.path.basename(out['registry_file'])!r}) "
+          "after editing its url)")
+    return 0
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def _add_predict_arguments(pred):
+    pred.add_argument("input", nargs="?",
+                      help="an image file or a video (.mp4, .avi, .mov, .mkv, .webm)")
+    pred.add_argument("--source", help="a camera index instead of INPUT (e.g. 0: the webcam)")
+    pred.add_argument("--model", required=True,
+                      help=".keras, .tflite, .onnx, a SavedModel or an export folder")
+    pred.add_argument("--out", required=True, help="output image (.png/.jpg) or video (.mp4)")
+    pred.add_argument("--jsonl", help="video: per-frame keypoints with ids, one JSON object "
+                                      "per line (default: --out with .jsonl)")
+    boxes = pred.add_argument_group(
+        "person boxes", "taken from --boxes, else --detector, else the whole image (warned)")
+    boxes.add_argument("--boxes", help="COCO detection-results JSON (image_id = the COCO id "
+                                       "of an image, or the 0-based frame index of a video)")
+    boxes.add_argument("--image-id", type=int,
+                       help="image_id in --boxes (default: the number in the file name)")
+    boxes.add_argument("--box-threshold", type=float, default=0.5,
+                       help="minimum detection score, of --boxes or --detector (0.5)")
+    boxes.add_argument("--detector", help="person detector model (.onnx or .tflite); its "
+                                          "output layout is given by the options below")
+    boxes.add_argument("--detector-outputs", nargs="+", default=["0", "1"],
+                       metavar="OUTPUT", help="index or name of the detector's BOXES and "
+                       "SCORES outputs, then optionally CLASSES and COUNT (default: 0 1)")
+    boxes.add_argument("--detector-box-format", default="xyxy",
+                       choices=("xyxy", "yxyx", "xywh", "cxcywh"), help="(xyxy)")
+    boxes.add_argument("--detector-pixels", action="store_true",
+                       help="boxes are in detector-input pixels (default: normalized 0-1)")
+    boxes.add_argument("--detector-letterbox", action="store_true",
+                       help="resize keeping the aspect ratio (centred, padded)")
+    boxes.add_argument("--person-class", type=int, default=0,
+                       help="class id or score column of 'person' (0, COCO-80 order)")
+    boxes.add_argument("--nms-iou", type=float, default=0.5,
+                       help="NMS IoU threshold for the detector (0.5)")
+    boxes.add_argument("--no-nms", action="store_true", help="the detector already applies NMS")
+    video = pred.add_argument_group("video")
+    video.add_argument("--detect-every", type=int, default=10,
+                       help="run the detector every N frames; in between, crops follow each "
+                            "person's keypoints (10)")
+    video.add_argument("--smooth", action="store_true",
+                       help="One-Euro smoothing of the keypoints (Casiez et al., CHI 2012)")
+    video.add_argument("--min-cutoff", type=float, default=None,
+                       help="One-Euro cutoff at rest, Hz (1.0): lower = less jitter, more lag")
+    video.add_argument("--beta", type=float, default=None,
+                       help="One-Euro speed coefficient per person size (5.0): higher = less "
+                            "lag; the settled lag stays under 1/(2 pi beta) of the person's box")
+    video.add_argument("--d-cutoff", type=float, default=None,
+                       help="One-Euro cutoff of the speed estimate, Hz (1.0)")
+    video.add_argument("--max-frames", type=int, help="stop after N frames")
+    pred.add_argument("--score-threshold", type=float, default=0.3,
+                      help="minimum joint score drawn (0.3)")
+    pred.add_argument("--keypoints", default="coco", help="keypoint set (coco)")
+    pred.add_argument("--flip-test", action="store_true")
+    pred.add_argument("--threads", type=int, default=None, help="TFLite / ONNX threads")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _evaluation_from_args(args):
+    """The checked evaluation set of ``--evaluate``, or None (before any model is built)."""
+    options = {"--eval-detections": args.eval_detections, "--eval-max-images":
+               args.eval_max_images, "--eval-flip-test": args.eval_flip_test or None}
+    if args.evaluate is None:
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            raise ValueError(f"{' '.join(given)} need(s) --evaluate ANNOTATIONS IMAGES. "
+                             f"Received: {given}")
+        return None
+    from keras_dpn.export_eval import evaluation_set
+    return evaluation_set(*args.evaluate, keypoints=args.keypoints or "coco",
+                          detections=args.eval_detections, max_images=args.eval_max_images)
+
+
 def _export(args):
-    import keras_dpn
     from keras_dpn import export
+    from keras_dpn.models import model_info
+    evaluation = _evaluation_from_args(args)
     if args.model.endswith(".keras"):
         if not os.path.isfile(args.model):
             raise ValueError(f"Model file not found. Received: model={args.model!r}")
+        if args.weights or args.input_size:
+            raise ValueError("--weights and --input-size apply to a model name, not to a .keras "
+                             f"file. Received: model={args.model!r}")
         model = args.model
         name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     else:
-        builder = getattr(keras_dpn, args.model, None)
-        if builder is None or not callable(builder) or args.model.startswith("_"):
-            raise ValueError("`model` must be a .keras file or a model name such as DPN4_32. "
-                             f"Received: model={args.model!r}")
+        # Not a .keras file: a registered name, or a one-line error listing them.
+        builder = model_info(args.model, arg_name="model").constructor
         kwargs = {}
         if args.input_size:
             kwargs["input_shape"] = (args.input_size[0], args.input_size[1], 3)
@@ -91,7 +202,8 @@ def _export(args):
     out = os.path.join(args.out_dir, name)
     files = export.export_model(model, out, formats=tuple(args.formats), keypoints=args.keypoints,
                                 opset=args.opset, overwrite=args.overwrite, qat=args.qat,
-                                prune=args.prune, qat_kwargs=dict(epochs=args.qat_epochs))
+                                prune=args.prune, qat_kwargs=dict(epochs=args.qat_epochs),
+                                evaluate=evaluation, evaluate_flip_test=args.eval_flip_test)
     print(f"Exported {len(files)} files to {os.path.abspath(out)}")
     return 0
 
@@ -101,51 +213,114 @@ def _image_id_from_name(path):
     return int(digits[-1]) if digits else None
 
 
-def _boxes_for(args, image_id):
-    from keras_dpn.inference import boxes_from_detections
-    if not args.boxes:
-        return None, None
-    boxes, scores = boxes_from_detections(args.boxes, image_id, args.box_threshold,
-                                          return_scores=True)
-    return boxes, scores
+def _detector_from_args(args):
+    if not args.detector:
+        return None
+    from keras_dpn.detectors import ModelDetector
+    outputs = args.detector_outputs
+    if not 2 <= len(outputs) <= 4:
+        raise ValueError("--detector-outputs takes BOXES SCORES [CLASSES [COUNT]]. "
+                         f"Received: --detector-outputs {' '.join(outputs)}")
+    roles = dict(zip(("boxes_output", "scores_output", "classes_output", "count_output"),
+                     outputs))
+    return ModelDetector(args.detector, box_format=args.detector_box_format,
+                         normalized=not args.detector_pixels, person_class=args.person_class,
+                         score_threshold=args.box_threshold,
+                         nms_iou=None if args.no_nms else args.nms_iou,
+                         letterbox=args.detector_letterbox, num_threads=args.threads, **roles)
+
+
+def _smoothing_from_args(args):
+    given = {k: v for k, v in (("min_cutoff", args.min_cutoff), ("beta", args.beta),
+                               ("d_cutoff", args.d_cutoff)) if v is not None}
+    if not args.smooth:
+        if given:
+            raise ValueError(f"One-Euro parameters need --smooth. Received: {given}")
+        return None
+    from keras_dpn.tracking import DEFAULT_SMOOTHING
+    return {**DEFAULT_SMOOTHING, **given}
+
+
+def _warn(message):
+    print(f"keras-dpn predict: warning: {message}", file=sys.stderr)
 
 
 def _predict(args):
+    import warnings
+
     import cv2
 
     from keras_dpn import io_utils, visualize
-    from keras_dpn.inference import PoseEstimator, read_image
+    from keras_dpn.detectors import DetectionFile
+    from keras_dpn.inference import WHOLE_IMAGE_WARNING, PoseEstimator, read_image
 
+    if (args.input is None) == (args.source is None):
+        raise ValueError("Give an INPUT file or --source CAMERA (not both). "
+                         f"Received: input={args.input!r}, --source={args.source!r}")
+    if args.source is not None and not args.source.isdigit():
+        raise ValueError("--source takes a camera index (0, 1, ...); give a file as INPUT. "
+                         f"Received: --source={args.source!r}")
     out = os.path.abspath(args.out)
-    suffix = os.path.splitext(args.input)[1].lower()
-    is_video = suffix in VIDEO_SUFFIXES
+    suffix = os.path.splitext(args.input or "")[1].lower()
+    is_video = args.source is not None or suffix in VIDEO_SUFFIXES
     out_suffix = os.path.splitext(out)[1].lower()
     if is_video and out_suffix != ".mp4":
         raise ValueError(f"A video input writes an .mp4. Received: --out={args.out!r}")
     if not is_video and out_suffix not in IMAGE_OUT_SUFFIXES:
         raise ValueError(f"An image input writes one of {IMAGE_OUT_SUFFIXES}. "
                          f"Received: --out={args.out!r}")
-    if os.path.exists(out) and not args.overwrite:
-        raise FileExistsError(f"Output already exists: {out}. Pass --overwrite to replace it.")
-    if not os.path.isfile(args.input):
+    if not is_video and (args.jsonl or args.smooth or args.max_frames):
+        raise ValueError("--jsonl, --smooth and --max-frames apply to videos. "
+                         f"Received: input={args.input!r}")
+    jsonl = os.path.abspath(args.jsonl) if args.jsonl else os.path.splitext(out)[0] + ".jsonl"
+    for path in [out] + ([jsonl] if is_video else []):
+        if os.path.exists(path) and not args.overwrite:
+            raise FileExistsError(f"Output already exists: {path}. Pass --overwrite to replace it.")
+    if args.input is not None and not os.path.isfile(args.input):
         raise ValueError(f"Input file not found. Received: input={args.input!r}")
+    if args.detect_every < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise ValueError(f"--detect-every and --max-frames must be >= 1. Received: "
+                         f"--detect-every={args.detect_every}, --max-frames={args.max_frames}")
+    # Everything that can be checked without the model is checked first.
+    source = None
     if not is_video:
-        # Decode before loading the model: a bad image fails fast.
         image = read_image(args.input)
-    estimator = PoseEstimator(args.model, keypoints=args.keypoints, flip_test=args.flip_test,
-                              num_threads=args.threads)
+    else:
+        from keras_dpn.video import VideoSource, predict_video
+        source = VideoSource(args.source if args.source is not None else args.input)
+    try:
+        detections = DetectionFile(args.boxes, args.box_threshold) if args.boxes else None
+        detector = _detector_from_args(args)
+        smoothing = _smoothing_from_args(args)
+        if detections is not None and detector is not None:
+            _warn("--boxes takes precedence: --detector is not used")
+            detector = None
+        if detections is None and detector is None:
+            _warn(WHOLE_IMAGE_WARNING)
+        estimator = PoseEstimator(args.model, keypoints=args.keypoints,
+                                  flip_test=args.flip_test, num_threads=args.threads)
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
 
     if not is_video:
-        image_id = args.image_id if args.image_id is not None else _image_id_from_name(args.input)
-        if args.boxes and image_id is None:
-            raise ValueError("--boxes needs --image-id (the file name holds no number). "
-                             f"Received: input={args.input!r}")
-        boxes, scores = _boxes_for(args, image_id)
-        if boxes is not None and len(boxes) == 0:
-            print(f"No detections for image_id={image_id} at score >= {args.box_threshold}")
-            people = []
-        else:
-            people = estimator.predict(image, boxes, scores)
+        boxes = scores = None
+        if detections is not None:
+            image_id = args.image_id if args.image_id is not None \
+                else _image_id_from_name(args.input)
+            if image_id is None:
+                raise ValueError("--boxes needs --image-id (the file name holds no number). "
+                                 f"Received: input={args.input!r}")
+            boxes, scores = detections.lookup(image_id)
+            if len(boxes) == 0:
+                print(f"No detections for image_id={image_id} at score >= {args.box_threshold}")
+        elif detector is not None:
+            boxes, scores = detector(image)
+            if len(boxes) == 0:
+                print(f"The detector found nobody at score >= {args.box_threshold}")
+        whole = [[0, 0, image.shape[1], image.shape[0]]]
+        people = estimator.predict(image, whole if boxes is None else boxes, scores)
         drawn = visualize.draw_skeleton(image, people, estimator.spec, args.score_threshold,
                                         boxes=[p["box"] for p in people] if boxes is not None
                                         else None)
@@ -155,48 +330,15 @@ def _predict(args):
         print(f"{len(people)} person(s) -> {out}")
         return 0
 
-    from tqdm import tqdm
-    capture = cv2.VideoCapture(args.input)
-    if not capture.isOpened():
-        raise ValueError(f"Could not open the video. Received: input={args.input!r}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer = None
-    frames = 0
-    try:
-        with io_utils.atomic_path(out) as tmp:
-            with tqdm(total=total, unit="frame", desc="predict") as bar:
-                while True:
-                    ok, bgr = capture.read()
-                    if not ok:
-                        break
-                    rgb = bgr[..., ::-1]
-                    boxes, scores = _boxes_for(args, frames)
-                    if boxes is not None and len(boxes) == 0:
-                        people = []
-                    else:
-                        people = estimator.predict(rgb, boxes, scores)
-                    drawn = visualize.draw_skeleton(rgb, people, estimator.spec,
-                                                    args.score_threshold)
-                    if writer is None:
-                        h, w = drawn.shape[:2]
-                        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                        if not writer.isOpened():
-                            raise ValueError(f"OpenCV could not open an mp4 writer. "
-                                             f"Received: --out={args.out!r}")
-                    writer.write(np.ascontiguousarray(drawn[..., ::-1]))
-                    frames += 1
-                    bar.update(1)
-            if writer is not None:
-                writer.release()
-                writer = None
-            if frames == 0:
-                raise ValueError(f"The video has no readable frames. Received: input={args.input!r}")
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-    print(f"{frames} frame(s) -> {out}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the whole-image warning was printed above
+        summary = predict_video(
+            estimator, source, out, jsonl,
+            detector=detector, detections=detections, detect_every=args.detect_every,
+            smoothing=smoothing, score_threshold=args.score_threshold,
+            max_frames=args.max_frames, overwrite=args.overwrite)
+    print(f"{summary['frames']} frame(s), {len(summary['ids'])} track id(s), detector run on "
+          f"{summary['detector_calls']} frame(s) -> {out}, {jsonl}")
     return 0
 
 
@@ -206,6 +348,8 @@ def main(argv=None):
     try:
         if args.command == "export":
             return _export(args)
+        if args.command == "publish":
+            return _publish(args)
         return _predict(args)
     except (ValueError, FileExistsError) as e:
         print(f"keras-dpn {args.command}: error: {e}", file=sys.stderr)

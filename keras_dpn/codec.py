@@ -37,12 +37,12 @@ Example:
 
 import numpy as np
 
-from keras_dpn import transforms
+from keras_dpn import _optional, transforms
 
 
 def _tf():
-    import tensorflow as tf
-    return tf
+    return _optional.tensorflow("HeatmapCodec's TensorFlow methods (encode_tf, decode_tf, "
+                                "decode_to_image_tf: tf.data and exported graphs)")
 
 
 def _pair(value, name):
@@ -350,12 +350,13 @@ def flip_back(heatmaps, flip_index, shift=True):
     reference does before averaging with the unflipped output.
 
     Args:
-        heatmaps: ``(B, h, w, K)`` numpy array or TensorFlow tensor.
+        heatmaps: ``(B, h, w, K)`` TensorFlow tensor, or anything numpy reads
+            (numpy, JAX or CPU PyTorch arrays).
         flip_index: ``(K,)`` channel permutation.
         shift: apply the reference's one-pixel shift.
 
     Returns:
-        Same type and shape as ``heatmaps``.
+        A tensor for a TensorFlow tensor, else a numpy array; same shape.
 
     Example:
     >>> hm = np.zeros((1, 4, 6, 2), np.float32); hm[0, 1, 1, 0] = 1
@@ -364,7 +365,8 @@ def flip_back(heatmaps, flip_index, shift=True):
     [[1, 5, 1]]
     """
     flip_index = np.asarray(flip_index, np.int64).reshape(-1)
-    if isinstance(heatmaps, np.ndarray):
+    if not transforms.is_tf_tensor(heatmaps):
+        heatmaps = np.asarray(heatmaps)
         if heatmaps.ndim != 4 or heatmaps.shape[-1] != flip_index.shape[0]:
             raise ValueError(
                 f"`heatmaps` must be (B, h, w, K) with K == len(flip_index) "

@@ -16,12 +16,22 @@ atomically (a temporary folder renamed at the end, see
         model.onnx                 heatmaps, ONNX opset >= 17, dynamic batch
         gpu_compatibility.txt      LiteRT GPU-delegate report per .tflite file
 
+:func:`export_model` is a loop over :data:`WRITERS`, one function per format.
+Keras writes what it can itself: the heatmap ``.tflite`` files come from
+``model.export(format="litert")`` with a batch-1 input signature and the
+converter options of :func:`keras_dpn.calibration.tflite_options`, and
+``model.onnx`` from ``model.export(format="onnx")``. Two files are written by
+hand, because Keras' exporters serve the model's ``call`` only: the SavedModel
+(a second, ``keypoints`` signature) and ``keypoints_fp32.tflite`` (uint8
+normalization and the heatmap decoder in the graph), both through
+``keras.export.ExportArchive``.
+
 Every TFLite file has a fixed batch of 1: with an unknown batch the converter
 lowers each dilated convolution to SPACE_TO_BATCH_ND / CONV_2D /
 BATCH_TO_SPACE_ND, which mobile GPU delegates reject; with a static batch it
-stays a native dilated CONV_2D. The TFLite files are converted from a
-SavedModel (never ``from_concrete_functions``, which silently writes a model
-that outputs NaN on this TF version).
+stays a native dilated CONV_2D (checked on every file written). The TFLite
+files are converted from a SavedModel (never ``from_concrete_functions``,
+which silently writes a model that outputs NaN on this TF version).
 
 Example:
 >>> import keras_dpn, tempfile, os
@@ -33,24 +43,24 @@ Example:
 """
 
 import contextlib
+import dataclasses
+import functools
 import io
 import json
 import os
 import re
 import tempfile
+from typing import Any, Optional
 
 import numpy as np
 
-from keras_dpn import io_utils, transforms
+from keras_dpn import _optional, calibration, io_utils, transforms
+from keras_dpn.calibration import TFLITE_QUANTIZATIONS  # noqa: F401  (public name)
 from keras_dpn.codec import HeatmapCodec
 from keras_dpn.keypoints import get_keypoint_spec
 
-_MEAN = transforms.IMAGENET_MEAN
-_STD = transforms.IMAGENET_STD
-
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8_dynamic",
            "tflite_int8", "tflite_keypoints", "onnx")
-DEFAULT_FORMATS = FORMATS
 
 FILE_NAMES = {
     "saved_model": "saved_model",
@@ -63,18 +73,8 @@ FILE_NAMES = {
     "tflite_qat": "model_qat_int8.tflite",
     "tflite_pruned": "model_pruned_int8.tflite",
 }
-TFLITE_QUANTIZATIONS = ("fp32", "fp16", "int8_dynamic", "int8")
 # The ops that a fixed batch of 1 keeps out of the graph (see module docstring).
 FORBIDDEN_TFLITE_OPS = ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
-
-SAMPLE_ANNOTATIONS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "sample_data", "coco", "annotations", "person_keypoints_sample.json")
-
-
-def _tf():
-    import tensorflow as tf  # noqa: deferred so `import keras_dpn.export` stays cheap
-    return tf
 
 
 def model_io_shape(model):
@@ -95,18 +95,15 @@ def model_io_shape(model):
     return (in_shape[1], in_shape[2]), (out_shape[1], out_shape[2]), out_shape[3]
 
 
-# ---------------------------------------------------------------------------
-# In-graph preprocessing and decoding (the end-to-end TFLite model).
-# ---------------------------------------------------------------------------
+def _image_spec(model, batch_size, dtype="float32"):
+    import tensorflow as tf
+    (in_h, in_w), _, _ = model_io_shape(model)
+    return tf.TensorSpec([batch_size, in_h, in_w, 3], dtype, name="image")
 
-def normalize_uint8(images):
-    """uint8 RGB ``(B, H, W, 3)`` -> the normalized float32 the models expect."""
-    tf = _tf()
-    x = tf.cast(images, tf.float32) / 255.0
-    mean = tf.constant(_MEAN, tf.float32)
-    std = tf.constant(_STD, tf.float32)
-    return (x - mean) / std
 
+# ---------------------------------------------------------------------------
+# In-graph decoding (the end-to-end TFLite model and the `keypoints` signature).
+# ---------------------------------------------------------------------------
 
 def decode_heatmaps_graph(heatmaps, input_size):
     """Heatmaps -> ``(B, K, 3)`` keypoints in crop pixels, as TF ops.
@@ -123,7 +120,7 @@ def decode_heatmaps_graph(heatmaps, input_size):
     Returns:
         ``(B, K, 3)`` float32: x, y in crop pixels and the heatmap maximum.
     """
-    tf = _tf()
+    import tensorflow as tf
     h, w = int(heatmaps.shape[1]), int(heatmaps.shape[2])
     codec = HeatmapCodec(tuple(input_size), (h, w))
     coords, maxvals = codec.decode_tf(heatmaps)
@@ -136,7 +133,7 @@ def keypoint_model_function(model):
     (in_h, in_w), _, _ = model_io_shape(model)
 
     def keypoints(image):
-        heatmaps = model(normalize_uint8(image), training=False)
+        heatmaps = model(transforms.normalize_image(image), training=False)
         return decode_heatmaps_graph(heatmaps, (in_h, in_w))
 
     return keypoints
@@ -164,20 +161,16 @@ def write_saved_model(model, path, batch_size=None, keypoints_signature=True):
         keypoints_signature: also add the ``keypoints`` signature.
     """
     import keras
-    tf = _tf()
-    (in_h, in_w), _, _ = model_io_shape(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serving_default",
-        lambda image: {"heatmaps": model(image, training=False)},
-        input_signature=[tf.TensorSpec([batch_size, in_h, in_w, 3], tf.float32, name="image")])
+        "serving_default", lambda image: {"heatmaps": model(image, training=False)},
+        input_signature=[_image_spec(model, batch_size)])
     if keypoints_signature:
         decode = keypoint_model_function(model)
         archive.add_endpoint(
             "keypoints", lambda image: {"keypoints": decode(image)},
-            input_signature=[tf.TensorSpec([batch_size, in_h, in_w, 3], tf.uint8,
-                                           name="image")])
+            input_signature=[_image_spec(model, batch_size, "uint8")])
     archive.write_out(os.fspath(path), verbose=False)
 
 
@@ -185,57 +178,48 @@ def write_saved_model(model, path, batch_size=None, keypoints_signature=True):
 # TFLite
 # ---------------------------------------------------------------------------
 
+def write_tflite(model, path, quantization="fp32", representative_data=None):
+    """Writes a batch-1 heatmap ``.tflite`` with Keras' LiteRT exporter.
+
+    Args:
+        model: a heatmap ``keras.Model``.
+        path: the ``.tflite`` file to write.
+        quantization: one of :data:`keras_dpn.calibration.TFLITE_QUANTIZATIONS`.
+        representative_data: normalized float32 crops for ``"int8"``.
+    """
+    model.export(os.fspath(path), format="litert", verbose=False,
+                 input_signature=[_image_spec(model, 1)],
+                 **calibration.tflite_options(quantization, representative_data))
+
+
 def convert_tflite(saved_model_dir, quantization="fp32", representative_data=None,
                    signature_key="serving_default"):
-    """Converts a batch-1 SavedModel signature to a TFLite flatbuffer.
+    """Converts one signature of a batch-1 SavedModel to TFLite bytes.
+
+    For graphs that are not a Keras model's ``call`` (the end-to-end
+    keypoints file); heatmap models go through :func:`write_tflite`.
 
     Args:
         saved_model_dir: a SavedModel written with ``batch_size=1``.
-        quantization: ``"fp32"``, ``"fp16"`` (float16 weights),
-            ``"int8_dynamic"`` (int8 weights, float activations) or
-            ``"int8"`` (full integer: int8 weights, activations, input and
-            output; needs ``representative_data``).
-        representative_data: float32 ``(N, H, W, 3)`` normalized crops used to
-            calibrate activation ranges for ``"int8"``.
+        quantization: ``"fp32"``, ``"fp16"``, ``"int8_dynamic"`` or ``"int8"``
+            (see :func:`keras_dpn.calibration.tflite_options`).
+        representative_data: normalized float32 ``(N, H, W, 3)`` crops for
+            ``"int8"``.
         signature_key: which signature to convert.
 
     Returns:
         The ``.tflite`` bytes.
     """
-    tf = _tf()
-    if quantization not in TFLITE_QUANTIZATIONS:
-        raise ValueError(
-            f"`quantization` must be one of {TFLITE_QUANTIZATIONS}. "
-            f"Received: quantization={quantization!r}")
-    if quantization == "int8" and (representative_data is None or len(representative_data) == 0):
-        raise ValueError(
-            "Full-integer quantization needs representative crops. Received: "
-            f"representative_data={representative_data!r}")
+    import tensorflow as tf
+    options = calibration.tflite_options(quantization, representative_data)
     converter = tf.lite.TFLiteConverter.from_saved_model(
         os.fspath(saved_model_dir), signature_keys=[signature_key])
-    if quantization == "fp16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "int8_dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
-        data = np.asarray(representative_data, np.float32)
-
-        def dataset():
-            for crop in data:
-                yield [crop[None]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert()
+    return calibration.apply_tflite_options(converter, options).convert()
 
 
 def analyze_tflite(model_content):
     """Returns the text of ``tf.lite.experimental.Analyzer`` with the GPU check."""
-    tf = _tf()
+    import tensorflow as tf
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         tf.lite.experimental.Analyzer.analyze(model_content=model_content,
@@ -268,86 +252,122 @@ def gpu_compatible(report):
 # ---------------------------------------------------------------------------
 
 def write_onnx(model, path, opset=17):
-    """Converts a heatmap model to ONNX (tf2onnx) with a dynamic batch.
+    """Writes ONNX with Keras' exporter: input ``image`` (dynamic batch), output ``heatmaps``.
 
-    Input ``image`` float32 ``(B, H, W, 3)`` normalized; output ``heatmaps``.
+    Input ``image`` float32 ``(B, H, W, 3)`` normalized.
     """
-    if not isinstance(opset, int) or opset < 17:
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
         raise ValueError(f"`opset` must be an int >= 17. Received: opset={opset!r}")
-    import tf2onnx  # noqa: optional dependency (the `export` extra)
-    tf = _tf()
-    (in_h, in_w), _, _ = model_io_shape(model)
-    fn = tf.function(lambda image: {"heatmaps": model(image, training=False)})
-    spec = [tf.TensorSpec([None, in_h, in_w, 3], tf.float32, name="image")]
-    tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
-                                  output_path=os.fspath(path))
+    import onnx  # noqa: optional dependency (the `export` extra)
+    path = os.fspath(path)
+    model.export(path, format="onnx", verbose=False, opset_version=opset,
+                 input_signature=[_image_spec(model, None)])
+    # Keras names the output after the TF graph's tensor ("Identity:0"): give
+    # it the name that the SavedModel signature and the docs use.
+    graph = onnx.load(path)
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.input[:] = ["heatmaps" if name == old else name for name in node.input]
+        node.output[:] = ["heatmaps" if name == old else name for name in node.output]
+    graph.graph.output[0].name = "heatmaps"
+    onnx.save(graph, path)
 
 
 # ---------------------------------------------------------------------------
-# Representative data
+# The writers and the one-call export
 # ---------------------------------------------------------------------------
 
-def sample_crops(input_size, max_crops=64, annotations=SAMPLE_ANNOTATIONS, min_keypoints=1):
-    """Real person crops from the bundled COCO sample, as uint8 RGB.
+@dataclasses.dataclass
+class ExportJob:
+    """What the writers of one :func:`export_model` call share.
 
-    Args:
-        input_size: ``(H, W)`` of the crops.
-        max_crops: how many people at most (first ones in file order).
-        annotations: a COCO keypoints annotation file; images are read from
-            ``../images/`` next to it.
-        min_keypoints: skip people with fewer labelled keypoints.
-
-    Returns:
-        A tuple ``(crops uint8 (N, H, W, 3), records)`` where each record is a
-        dict with ``image_id``, ``bbox``, ``center``, ``scale``.
+    Attributes:
+        model: the heatmap model.
+        folder: the (temporary) export folder; ``model.keras`` is already in it.
+        scratch: a temporary folder removed after the export.
+        calibration: normalized float32 crops, or None when no format needs them.
+        opset: ONNX opset.
+        qat_kwargs: options of :func:`keras_dpn.qat.run_subprocess`.
     """
-    import cv2
 
-    with open(annotations) as f:
-        coco = json.load(f)
-    image_dir = os.path.join(os.path.dirname(os.path.dirname(annotations)), "images")
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
-    h, w = input_size
-    crops, records, cache = [], [], {}
-    for ann in coco["annotations"]:
-        if len(crops) >= max_crops:
-            break
-        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) < min_keypoints:
-            continue
-        bx, by, bw, bh = ann["bbox"]
-        if bw < 1 or bh < 1:
-            continue
-        image_id = ann["image_id"]
-        if image_id not in cache:
-            bgr = cv2.imread(os.path.join(image_dir, files[image_id]), cv2.IMREAD_COLOR)
-            cache = {image_id: cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)}
-        center, scale = transforms.box_to_center_scale(ann["bbox"], w / h)
-        crop = transforms.crop_image(cache[image_id], center, scale, (h, w))
-        crops.append(np.asarray(crop, np.uint8))
-        records.append(dict(image_id=image_id, bbox=list(ann["bbox"]),
-                            center=np.asarray(center, np.float32).tolist(),
-                            scale=np.asarray(scale, np.float32).tolist()))
-    return np.stack(crops), records
+    model: Any
+    folder: str
+    scratch: str
+    calibration: Optional[np.ndarray] = None
+    opset: int = 17
+    qat_kwargs: Optional[dict] = None
+
+    @property
+    def model_path(self):
+        return os.path.join(self.folder, "model.keras")
+
+    def calibration_file(self):
+        """The calibration crops as a ``.npy`` (for the QAT child process)."""
+        path = os.path.join(self.scratch, "calibration.npy")
+        if not os.path.exists(path):
+            np.save(path, self.calibration)
+        return path
 
 
-def normalize_numpy(crops_uint8):
-    """uint8 RGB crops -> normalized float32 (the Keras model's input)."""
-    x = np.asarray(crops_uint8, np.float32) / 255.0
-    return ((x - np.asarray(_MEAN, np.float32)) / np.asarray(_STD, np.float32)).astype(np.float32)
+def _write_saved_model(job, path):
+    write_saved_model(job.model, path)
 
 
-# ---------------------------------------------------------------------------
-# The one-call export
-# ---------------------------------------------------------------------------
-
-def _log(verbose, message):
-    if verbose:
-        print(message, flush=True)
+def _write_heatmap_tflite(quantization, job, path):
+    write_tflite(job.model, path, quantization, job.calibration)
 
 
-def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
+def _write_keypoints_tflite(job, path):
+    # Keras' exporter converts `call` only; this file also holds the uint8
+    # normalization and the decoder, so it goes through an ExportArchive.
+    saved_model = os.path.join(job.scratch, "keypoints_batch1")
+    write_saved_model(job.model, saved_model, batch_size=1)
+    with open(path, "wb") as f:
+        f.write(convert_tflite(saved_model, "fp32", signature_key="keypoints"))
+
+
+def _write_onnx(job, path):
+    write_onnx(job.model, path, opset=job.opset)
+
+
+def _write_tfmot_tflite(mode, job, path):
+    # tfmot switches tf.keras for the whole process: qat.py runs in a child,
+    # and this import only brings its launcher.
+    from keras_dpn import qat
+    qat.run_subprocess(job.model_path, path, job.calibration_file(), mode=mode,
+                       **(job.qat_kwargs or {}))
+
+
+#: Format -> ``writer(job, path)``; :func:`export_model` calls them in this order.
+WRITERS = {
+    "saved_model": _write_saved_model,
+    "tflite_fp32": functools.partial(_write_heatmap_tflite, "fp32"),
+    "tflite_fp16": functools.partial(_write_heatmap_tflite, "fp16"),
+    "tflite_int8_dynamic": functools.partial(_write_heatmap_tflite, "int8_dynamic"),
+    "tflite_int8": functools.partial(_write_heatmap_tflite, "int8"),
+    "tflite_keypoints": _write_keypoints_tflite,
+    "onnx": _write_onnx,
+    "tflite_qat": functools.partial(_write_tfmot_tflite, "qat"),
+    "tflite_pruned": functools.partial(_write_tfmot_tflite, "prune"),
+}
+_NEEDS_CALIBRATION = ("tflite_int8", "tflite_qat", "tflite_pruned")
+
+
+def _check_tflite(fmt, path):
+    """Analyzer report of a written ``.tflite``; refuses the ops GPU delegates reject."""
+    with open(path, "rb") as f:
+        report = analyze_tflite(f.read())
+    bad = [op for op in FORBIDDEN_TFLITE_OPS if op in ops_from_report(report)]
+    if bad:
+        raise RuntimeError(f"{fmt}: the converter emitted {bad}; dilated convolutions would not "
+                           "run natively on mobile GPU delegates.")
+    return report
+
+
+def export_model(model, output_dir, formats=FORMATS, keypoints=None,
                  representative_data=None, num_calibration_crops=64, opset=17,
-                 overwrite=False, qat=False, prune=False, qat_kwargs=None, verbose=True):
+                 overwrite=False, qat=False, prune=False, qat_kwargs=None, verbose=True,
+                 evaluate=None, evaluate_flip_test=False):
     """Exports a heatmap model to every deployment format, atomically.
 
     Args:
@@ -359,8 +379,9 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
             ``metadata.json``); defaults to ``"coco"`` for 17 heatmaps and
             ``"mpii"`` for 16.
         representative_data: uint8 RGB crops ``(N, H, W, 3)`` calibrating the
-            full-integer model; defaults to real crops of the COCO sample.
-        num_calibration_crops: how many sample crops when defaulted.
+            full-integer files; defaults to the person crops that ship with
+            the package (:func:`keras_dpn.calibration.default_crops`).
+        num_calibration_crops: how many default crops.
         opset: ONNX opset (>= 17).
         overwrite: replace an existing ``output_dir`` (only once the new
             export is complete); if False an existing folder raises
@@ -370,10 +391,25 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
         prune: also run pruning + int8 conversion (subprocess) and write
             ``model_pruned_int8.tflite``.
         qat_kwargs: extra options for :func:`keras_dpn.qat.run_subprocess`.
-        verbose: print one line per file.
+        verbose: print one line per file (and the accuracy table).
+        evaluate: ``(annotation_file, image_dir)`` of COCO keypoint data, or
+            a :class:`keras_dpn.export_eval.EvaluationSet` (detection boxes,
+            a subset of the images): once the export is complete, the COCO
+            AP of the Keras model and of every file through
+            :class:`keras_dpn.PoseEstimator`, with each file's AP drop, size
+            and latency, printed as a table and written to
+            ``output_dir/accuracy.json`` (:func:`keras_dpn.export_eval.evaluate_export`).
+            Checked before anything is written.
+        evaluate_flip_test: evaluate with ``PoseEstimator``'s flip test.
 
     Returns:
-        A dict ``format -> final path``.
+        A dict ``format -> final path`` (``"keras"`` for ``model.keras``;
+        ``"accuracy"`` for ``accuracy.json`` when ``evaluate`` is given).
+
+    Raises:
+        ValueError: for a bad argument (an evaluation file or folder that is
+            missing or unreadable too), before anything is written.
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
 
     Example:
     >>> import keras_dpn
@@ -386,13 +422,20 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
         model = keras.saving.load_model(os.fspath(model), compile=False)
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model or a .keras path. Received: model={model!r}")
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(formats)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    if not formats or any(f not in FORMATS for f in formats):
         raise ValueError(f"`formats` must be a non-empty subset of {FORMATS}. "
                          f"Received: formats={formats!r}")
+    formats += (("tflite_qat",) if qat else ()) + (("tflite_pruned",) if prune else ())
+    if "onnx" in formats and (isinstance(opset, bool) or not isinstance(opset, int)
+                              or opset < 17):
+        raise ValueError(f"`opset` must be an int >= 17. Received: opset={opset!r}")
+    # Every writer traces the model into a TensorFlow graph.
+    _optional.tensorflow("Exporting SavedModel / TFLite / ONNX files (keras_dpn.export)")
+    _optional.require_tensorflow_backend(
+        "Exporting SavedModel / TFLite / ONNX files",
+        hint="Save a .keras file (model.save) and export it in a TensorFlow process: "
+             "KERAS_BACKEND=tensorflow keras-dpn export MODEL.keras ...")
     (in_h, in_w), (hm_h, hm_w), num_k = model_io_shape(model)
     if keypoints is None:
         keypoints = {17: "coco", 16: "mpii"}.get(num_k)
@@ -401,80 +444,40 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
         raise ValueError(
             f"The model outputs {num_k} heatmaps but keypoint set {spec.name!r} has "
             f"{spec.num_keypoints}. Received: keypoints={keypoints!r}")
-    output_dir = os.path.abspath(os.fspath(output_dir))
-    if os.path.exists(output_dir) and not overwrite:
-        raise FileExistsError(
-            f"Output folder already exists: {output_dir}. Pass overwrite=True "
-            "(--overwrite on the command line) to replace it.")
-
+    evaluation = None
+    if evaluate is not None:
+        from keras_dpn import export_eval
+        if spec is None:
+            raise ValueError(f"Evaluating needs the keypoint set of the model's {num_k} "
+                             f"heatmaps. Received: keypoints=None")
+        evaluation = export_eval._as_evaluation_set(evaluate, spec)
     calib = None
-    if "tflite_int8" in formats or qat or prune:
-        if representative_data is None:
-            representative_data, _ = sample_crops((in_h, in_w), num_calibration_crops)
-        calib = np.asarray(representative_data)
-        if calib.ndim != 4 or calib.shape[1:] != (in_h, in_w, 3):
-            raise ValueError(
-                f"`representative_data` must be uint8 crops of shape (N, {in_h}, {in_w}, 3). "
-                f"Received: representative_data with shape {calib.shape!r}")
-        calib = normalize_numpy(calib) if calib.dtype == np.uint8 else calib.astype(np.float32)
+    if any(f in _NEEDS_CALIBRATION for f in formats):
+        calib = calibration.calibration_data(representative_data, (in_h, in_w),
+                                             num_calibration_crops)
+    output_dir = os.path.abspath(os.fspath(output_dir))
 
-    written = {}
-    reports = []
+    written = {"keras": "model.keras"}
+    tflite_reports = {}
     with io_utils.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
             tempfile.TemporaryDirectory(prefix="keras_dpn_export_") as scratch:
-        model_path = os.path.join(tmp, "model.keras")
-        model.save(model_path)
-        written["keras"] = "model.keras"
-        if "saved_model" in formats:
-            write_saved_model(model, os.path.join(tmp, FILE_NAMES["saved_model"]))
-            written["saved_model"] = FILE_NAMES["saved_model"]
-            _log(verbose, f"saved_model        -> {output_dir}/saved_model")
-        tflite_formats = [f for f in formats if f.startswith("tflite_")]
-        if tflite_formats:
-            batch1 = os.path.join(scratch, "batch1")
-            write_saved_model(model, batch1, batch_size=1,
-                              keypoints_signature="tflite_keypoints" in formats)
-        for fmt in tflite_formats:
-            if fmt == "tflite_keypoints":
-                content = convert_tflite(batch1, "fp32", signature_key="keypoints")
-            else:
-                content = convert_tflite(batch1, fmt[len("tflite_"):], calib)
-            report = analyze_tflite(content)
-            ops = ops_from_report(report)
-            bad = [op for op in FORBIDDEN_TFLITE_OPS if op in ops]
-            if bad:
-                raise RuntimeError(
-                    f"{fmt}: the converter emitted {bad}; dilated convolutions would not "
-                    "run natively on mobile GPU delegates.")
+        job = ExportJob(model, tmp, scratch, calib, opset, qat_kwargs)
+        model.save(job.model_path)
+        for fmt in formats:
             name = FILE_NAMES[fmt]
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(content)
-            reports.append((name, report))
+            path = os.path.join(tmp, name)
+            WRITERS[fmt](job, path)
             written[fmt] = name
-            _log(verbose, f"{fmt:<18} -> {output_dir}/{name} ({len(content) / 1e6:.2f} MB, "
-                          f"GPU delegate: {'ok' if gpu_compatible(report) else 'NOT compatible'})")
-        if "onnx" in formats:
-            write_onnx(model, os.path.join(tmp, FILE_NAMES["onnx"]), opset=opset)
-            written["onnx"] = FILE_NAMES["onnx"]
-            _log(verbose, f"onnx               -> {output_dir}/model.onnx (opset {opset})")
-        if qat or prune:
-            from keras_dpn import qat as qat_lib  # only spawns a subprocess
-            calib_path = os.path.join(scratch, "calibration.npy")
-            np.save(calib_path, calib)
-            for mode, enabled in (("qat", qat), ("prune", prune)):
-                if not enabled:
-                    continue
-                fmt = "tflite_qat" if mode == "qat" else "tflite_pruned"
-                name = FILE_NAMES[fmt]
-                qat_lib.run_subprocess(model_path, os.path.join(tmp, name), calib_path,
-                                       mode=mode, **(qat_kwargs or {}))
-                with open(os.path.join(tmp, name), "rb") as f:
-                    reports.append((name, analyze_tflite(f.read())))
-                written[fmt] = name
-                _log(verbose, f"{fmt:<18} -> {output_dir}/{name}")
-        if reports:
+            note = ""
+            if name.endswith(".tflite"):
+                tflite_reports[name] = _check_tflite(fmt, path)
+                verdict = "ok" if gpu_compatible(tflite_reports[name]) else "NOT compatible"
+                note = f" ({os.path.getsize(path) / 1e6:.2f} MB, GPU delegate: {verdict})"
+            if verbose:
+                print(f"{fmt:<19} -> {os.path.join(output_dir, name)}{note}", flush=True)
+        if tflite_reports:
             with open(os.path.join(tmp, "gpu_compatibility.txt"), "w") as f:
-                for name, report in reports:
+                for name, report in tflite_reports.items():
                     verdict = "compatible" if gpu_compatible(report) else "NOT compatible"
                     f.write(f"==== {name}: GPU delegate {verdict}\n")
                     f.write(_gpu_section(report) + "\n\n")
@@ -487,14 +490,28 @@ def export_model(model, output_dir, formats=DEFAULT_FORMATS, keypoints=None,
                 name=spec.name, names=list(spec.names),
                 skeleton=[list(p) for p in spec.skeleton],
                 flip_pairs=[list(p) for p in spec.flip_pairs]),
-            normalization=dict(mean=list(_MEAN), std=list(_STD), scale=1 / 255.0,
+            normalization=dict(mean=list(transforms.IMAGENET_MEAN),
+                               std=list(transforms.IMAGENET_STD), scale=1 / 255.0,
                                layout="NHWC RGB"),
-            files={k: v for k, v in written.items()},
+            files=dict(written),
             tflite=_tflite_io(tmp, written),
         )
         with open(os.path.join(tmp, "metadata.json"), "w") as f:
             json.dump(metadata, f, indent=2)
-    return {k: os.path.join(output_dir, v) for k, v in written.items()}
+    files = {k: os.path.join(output_dir, v) for k, v in written.items()}
+    if evaluation is not None:
+        # After the export is in place: a file that fails its evaluation is a
+        # row of the table, and the export stays for the user to inspect.
+        rows = export_eval.evaluate_export(files, evaluation, model=model,
+                                           flip_test=evaluate_flip_test, verbose=verbose)
+        files["accuracy"] = export_eval.write_report(
+            os.path.join(output_dir, export_eval.REPORT_FILE), rows, evaluation,
+            flip_test=bool(evaluate_flip_test))
+        if verbose:
+            print(f"\nCOCO AP through PoseEstimator: {evaluation.describe()}, flip test "
+                  f"{'on' if evaluate_flip_test else 'off'}\n{export_eval.format_table(rows)}",
+                  flush=True)
+    return files
 
 
 def _gpu_section(report):
@@ -509,7 +526,7 @@ def _tflite_io(folder, written):
     """Input / output names, shapes, dtypes and quantization of each .tflite."""
     from ai_edge_litert.interpreter import Interpreter
     out = {}
-    for fmt, name in written.items():
+    for name in written.values():
         if not name.endswith(".tflite"):
             continue
         interp = Interpreter(model_path=os.path.join(folder, name))
@@ -523,4 +540,3 @@ def _tflite_io(folder, written):
         out[name] = dict(inputs=[describe(d) for d in interp.get_input_details()],
                          outputs=[describe(d) for d in interp.get_output_details()])
     return out
-

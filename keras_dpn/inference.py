@@ -20,16 +20,22 @@ Example:
 (17, 3)
 """
 
-import json
 import os
+import warnings
 
 import numpy as np
 
-from keras_dpn import transforms
+from keras_dpn import _optional, runtimes, transforms
 from keras_dpn.codec import HeatmapCodec, merge_flip
+from keras_dpn.detectors import DetectionFile, clip_boxes, get_detector
 from keras_dpn.keypoints import get_keypoint_spec
 
 MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
+
+WHOLE_IMAGE_WARNING = (
+    "No person boxes and no detector: the whole image is used as one person box. That suits "
+    "a photo of one person who fills it; otherwise pass boxes (or a COCO detection file) "
+    "or a detector.")
 
 
 # ---------------------------------------------------------------------------
@@ -41,10 +47,13 @@ def read_image(image):
 
     Args:
         image: a file path (anything OpenCV decodes) or an ``(H, W)``,
-            ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) array.
+            ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) array:
+            uint8, float in [0, 1] (or [0, 255]), or integers in [0, 255].
 
     Raises:
-        ValueError: the file cannot be decoded, or the image is empty.
+        ValueError: the file cannot be decoded, the image is empty, holds NaN
+            or infinite values, or is a 16-bit (or otherwise out of range)
+            image, which is never rescaled implicitly.
     """
     if isinstance(image, (str, os.PathLike)):
         import cv2
@@ -71,20 +80,55 @@ def read_image(image):
     elif array.shape[-1] == 4:
         array = array[..., :3]
     if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
-            array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        array = _to_uint8(array)
     return np.ascontiguousarray(array)
+
+
+def _to_uint8(array):
+    # Clipping used to hide both a NaN image and a 16-bit one (mostly white):
+    # each is now an error that says what to do.
+    if array.dtype in (np.uint16, np.int16):
+        raise ValueError(
+            f"16-bit images are not rescaled implicitly: convert to uint8 (e.g. "
+            f"`(image >> 8).astype(np.uint8)` for full-range 16-bit) or to float in [0, 1]. "
+            f"Received: image with dtype {array.dtype.name} and values up to {array.max()}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise ValueError(f"`image` holds {int(bad.sum())} NaN or infinite values. "
+                             f"Received: image with dtype {array.dtype.name}")
+        low, high = float(array.min()), float(array.max())
+        if high <= 1.0 and low >= 0.0:
+            array = array * 255.0
+        elif low < 0.0 or high > 255.0:
+            raise ValueError(f"A float image must hold values in [0, 1] or [0, 255]. "
+                             f"Received: image with values in [{low:g}, {high:g}]")
+        return np.rint(array).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        array = array.astype(np.int64)
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(f"An integer image must hold values in [0, 255]. "
+                             f"Received: image with values in [{array.min()}, {array.max()}]")
+        return array.astype(np.uint8)
+    raise ValueError(f"`image` must be a uint8, integer or float array. "
+                     f"Received: image with dtype {array.dtype!r}")
 
 
 def validate_boxes(boxes, image_shape):
     """Checks ``(N, 4)`` xywh boxes against an image; returns them clipped.
 
+    An empty list gives ``(0, 4)`` boxes (nobody in the image).
+
     Raises:
         ValueError: a box is not finite, has zero (or negative) area, or does
             not overlap the image at all.
     """
-    boxes = np.asarray(boxes, np.float64)
+    try:
+        boxes = np.asarray(boxes, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`boxes` must be a numeric (N, 4) array. Received: boxes={boxes!r}") from e
+    if boxes.size == 0:
+        return np.zeros((0, 4), np.float32)
     if boxes.ndim == 1 and boxes.shape[0] == 4:
         boxes = boxes[None]
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -101,11 +145,7 @@ def validate_boxes(boxes, image_shape):
             raise ValueError(
                 f"Box {i} lies outside the {width}x{height} image. "
                 f"Received: boxes[{i}]={boxes[i].tolist()!r}")
-    x0 = np.clip(boxes[:, 0], 0, width)
-    y0 = np.clip(boxes[:, 1], 0, height)
-    x1 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
-    y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
-    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+    return clip_boxes(boxes, image_shape)[0].astype(np.float32)
 
 
 def boxes_from_detections(file, image_id, score_threshold=0.0, category_id=1,
@@ -123,7 +163,8 @@ def boxes_from_detections(file, image_id, score_threshold=0.0, category_id=1,
 
     Returns:
         ``(N, 4)`` float32 xywh boxes, highest score first (and ``(N,)``
-        scores if ``return_scores``).
+        scores if ``return_scores``). To look up many images (video frames),
+        read the file once with :class:`keras_dpn.detectors.DetectionFile`.
 
     Example:
     >>> boxes = boxes_from_detections(
@@ -131,31 +172,7 @@ def boxes_from_detections(file, image_id, score_threshold=0.0, category_id=1,
     >>> boxes.shape
     (1, 4)
     """
-    if isinstance(file, (str, os.PathLike)):
-        try:
-            with open(file) as f:
-                detections = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"Could not read a COCO detection-results JSON file. "
-                             f"Received: file={os.fspath(file)!r} ({e})") from e
-    else:
-        detections = file
-    if not isinstance(detections, list):
-        raise ValueError("A detection-results file holds a JSON list of "
-                         "{image_id, category_id, bbox, score}. "
-                         f"Received: file with a top-level {type(detections).__name__}")
-    rows = []
-    for i, d in enumerate(detections):
-        if not isinstance(d, dict) or "bbox" not in d or "image_id" not in d:
-            raise ValueError(f"Detection {i} needs `image_id` and `bbox`. Received: {d!r}")
-        if d["image_id"] != image_id or d.get("category_id", category_id) != category_id:
-            continue
-        score = float(d.get("score", 1.0))
-        if score >= score_threshold:
-            rows.append((score, [float(v) for v in d["bbox"]]))
-    rows.sort(key=lambda r: -r[0])
-    boxes = np.asarray([r[1] for r in rows], np.float32).reshape(-1, 4)
-    scores = np.asarray([r[0] for r in rows], np.float32)
+    boxes, scores = DetectionFile(file, score_threshold, category_id).lookup(image_id)
     return (boxes, scores) if return_scores else boxes
 
 
@@ -198,6 +215,10 @@ class _KerasBackend(_Backend):
         self._fn = None
 
     def run(self, x):
+        if _optional.backend() != "tensorflow":
+            # JAX / PyTorch: Keras' compiled predict step (jitted on JAX).
+            import keras
+            return keras.ops.convert_to_numpy(self.model.predict_on_batch(x)).astype(np.float32)
         import tensorflow as tf
         if self._fn is None:
             model = self.model
@@ -209,7 +230,8 @@ class _SavedModelBackend(_Backend):
     kind = "saved_model"
 
     def __init__(self, path):
-        import tensorflow as tf
+        tf = _optional.tensorflow("Loading a SavedModel (use the .keras, .onnx or .tflite file "
+                                  "of the export instead)")
         try:
             loaded = tf.saved_model.load(path)
         except Exception as e:  # noqa: BLE001 - TF raises many kinds here
@@ -242,13 +264,7 @@ class _TFLiteBackend(_Backend):
     max_batch = 1
 
     def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-        try:
-            self._interp = Interpreter(model_path=path, num_threads=num_threads)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"Could not load a TFLite model. Received: model_or_path={path!r} "
-                             f"({str(e).splitlines()[0][:200]})") from e
+        self._interp = runtimes.tflite_interpreter(path, num_threads)
         inputs = self._interp.get_input_details()
         outputs = self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -276,31 +292,17 @@ class _TFLiteBackend(_Backend):
         dtype = self._in["dtype"]
         if dtype == np.float32 or dtype == np.uint8 and self.end_to_end:
             return x.astype(dtype)
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
+        return runtimes.quantize(x, self._in)
 
     def _dequantize(self, y):
-        if self._out["dtype"] == np.float32:
-            return y.astype(np.float32)
-        scale, zero = self._out["quantization"]
-        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+        return runtimes.dequantize(y, self._out)
 
 
 class _ONNXBackend(_Backend):
     kind = "onnx"
 
     def __init__(self, path, num_threads=None):
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        try:
-            self._sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-            raise ValueError(f"Could not load an ONNX model. Received: model_or_path={path!r} "
-                             f"({str(e).splitlines()[0][:200]})") from e
+        self._sess = runtimes.onnx_session(path, num_threads)
         (inp,) = self._sess.get_inputs()
         shape = inp.shape
         if len(shape) != 4 or not all(isinstance(s, int) for s in shape[1:]):
@@ -370,16 +372,25 @@ class PoseEstimator:
         batch_size: crops per model call (TFLite always runs one at a time).
         padding: box padding factor (1.25, the reference's).
         num_threads: CPU threads for TFLite / ONNX Runtime (None: runtime default).
+        detector: where :meth:`predict` finds people when it gets no boxes: a
+            callable ``image -> (boxes (N, 4) xywh pixels, scores (N,))``, a
+            :class:`keras_dpn.detectors.ModelDetector`, or a ``.onnx`` /
+            ``.tflite`` detection model path (default layout of
+            :class:`~keras_dpn.detectors.ModelDetector`). None: the whole
+            image is one person, with a warning.
 
     Example:
     >>> import keras_dpn, numpy as np
     >>> est = keras_dpn.PoseEstimator("saved_models/dpn4_32/model_fp32.tflite")  # doctest: +SKIP
     >>> people = est.predict("photo.jpg", boxes=[[10, 20, 100, 200]])  # doctest: +SKIP
     >>> people[0]["keypoints"]  # (17, 3): x, y, score in image pixels  # doctest: +SKIP
+    >>> est = keras_dpn.PoseEstimator(model, detector=my_detector)  # doctest: +SKIP
+    >>> people = est.predict("photo.jpg")  # boxes from my_detector(image)  # doctest: +SKIP
     """
 
     def __init__(self, model_or_path, keypoints="coco", input_size=None, flip_test=False,
-                 batch_size=16, padding=transforms.DEFAULT_PADDING, num_threads=None):
+                 batch_size=16, padding=transforms.DEFAULT_PADDING, num_threads=None,
+                 detector=None):
         if input_size is not None:
             if len(tuple(input_size)) != 2 or min(input_size) < 1:
                 raise ValueError(f"`input_size` must be (height, width). "
@@ -388,6 +399,7 @@ class PoseEstimator:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
         self.spec = get_keypoint_spec(keypoints)
+        self.detector = get_detector(detector)
         self.backend = load_backend(model_or_path, input_size, num_threads)
         if input_size is not None and tuple(self.backend.input_size) != input_size:
             raise ValueError(
@@ -409,6 +421,27 @@ class PoseEstimator:
         if not self.backend.end_to_end:
             h, w = self.backend.output_shape[:2]
             self.codec = HeatmapCodec(self.input_size, (int(h), int(w)))
+
+    @classmethod
+    def from_preset(cls, preset, keypoints=None, format=None, **kwargs):
+        """An estimator for a preset (:mod:`keras_dpn.presets`), verified before use.
+
+        Args:
+            preset: a preset folder, a ``.tar.gz`` / ``.zip`` of one, a URL of
+                such an archive, or a registered ``"arch.tag"``.
+            keypoints: the keypoint set you expect; another set than the
+                preset's raises. Default: the preset's.
+            format: None (the Keras model built from ``config.json``) or an
+                exported format the preset carries, e.g. ``"tflite_fp32"``.
+            **kwargs: the other :class:`PoseEstimator` arguments.
+
+        Example:
+        >>> est = PoseEstimator.from_preset("DPN4_32.coco")  # doctest: +SKIP
+        >>> people = est.predict("photo.jpg", boxes=[[10, 20, 100, 200]])  # doctest: +SKIP
+        """
+        from keras_dpn import presets
+        model, spec = presets.estimator_model(preset, keypoints=keypoints, format=format)
+        return cls(model, keypoints=spec, **kwargs)
 
     @property
     def kind(self):
@@ -449,37 +482,58 @@ class PoseEstimator:
     def predict(self, image, boxes=None, box_scores=None):
         """Keypoints of every person in an image.
 
+        The person boxes come from, in this order: ``boxes``; the estimator's
+        ``detector``; the whole image (with a warning that says so).
+
         Args:
             image: RGB array or image path.
             boxes: ``(N, 4)`` person boxes ``x, y, width, height`` in image
-                pixels (e.g. from :func:`boxes_from_detections`); None uses
-                the whole image as one box.
-            box_scores: optional ``(N,)`` detection scores, multiplied into
-                each person's score.
+                pixels (e.g. from :func:`boxes_from_detections`); ``[]``
+                means nobody (an empty list is returned).
+            box_scores: optional ``(N,)`` detection scores of ``boxes``,
+                multiplied into each person's score.
 
         Returns:
             A list with one dict per box: ``keypoints`` float32 ``(K, 3)`` (x,
             y in image pixels, heatmap score), ``box`` (the clipped xywh box)
-            and ``score`` (mean keypoint score, times the box score if given).
+            and ``score`` (mean keypoint score, times the box score if any).
 
         Raises:
-            ValueError: undecodable or empty image; boxes of zero area or
-                outside the image.
+            ValueError: undecodable, empty, NaN or 16-bit image; boxes or
+                scores that are NaN, infinite, of zero area or outside the
+                image; a detector that returns malformed boxes.
         """
-        crops, centers, scales, boxes = self.crop(image, boxes)
-        if len(crops) == 0:
+        image = read_image(image)
+        if boxes is None:
+            if box_scores is not None:
+                raise ValueError("`box_scores` belong to `boxes`. Received: box_scores with "
+                                 "boxes=None")
+            if self.detector is not None:
+                boxes, box_scores = self.detector(image)
+            else:
+                warnings.warn(WHOLE_IMAGE_WARNING, stacklevel=2)
+                boxes = [[0, 0, image.shape[1], image.shape[0]]]
+        boxes = validate_boxes(boxes, image.shape)
+        box_scores = np.ones(len(boxes)) if box_scores is None else \
+            np.asarray(box_scores, np.float64).reshape(-1)
+        if box_scores.shape[0] != len(boxes):
+            raise ValueError(f"`box_scores` needs one score per box ({len(boxes)}). "
+                             f"Received: box_scores with {box_scores.shape[0]} entries")
+        if not np.all(np.isfinite(box_scores)):
+            raise ValueError(f"`box_scores` must be finite. Received: box_scores="
+                             f"{box_scores.tolist()!r}")
+        if len(boxes) == 0:
             return []
+        crops, centers, scales, boxes = self.crop(image, boxes)
         if self.backend.end_to_end:
             keypoints = self._end_to_end(crops, centers, scales)
         else:
             heatmaps = self.predict_heatmaps(crops)
             keypoints = self.codec.decode_to_image(heatmaps, centers, scales)
-        if box_scores is None:
-            box_scores = np.ones(len(boxes), np.float32)
-        box_scores = np.asarray(box_scores, np.float32).reshape(-1)
-        if box_scores.shape[0] != len(boxes):
-            raise ValueError(f"`box_scores` needs one score per box ({len(boxes)}). "
-                             f"Received: box_scores with {box_scores.shape[0]} entries")
+        if not np.all(np.isfinite(keypoints)):
+            raise ValueError(f"The {self.kind} model returned NaN or infinite values (a broken "
+                             f"conversion?). Received: {np.size(keypoints)} keypoint values with "
+                             f"{int((~np.isfinite(keypoints)).sum())} not finite")
         return [dict(keypoints=kp.astype(np.float32), box=box,
                      score=float(np.mean(kp[:, 2]) * s))
                 for kp, box, s in zip(keypoints, boxes, box_scores)]

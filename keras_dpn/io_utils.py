@@ -80,14 +80,22 @@ def atomic_directory(path, overwrite=False):
         overwrite: if False and ``path`` exists, raises ``FileExistsError``
             before anything is written. If True, the old directory is replaced
             only after the new one is complete.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError: ``path`` (or a folder above it) is something other than
+            a directory, e.g. a regular file: it is never replaced by a folder.
     """
     path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"The output path exists and is not a folder; it is left as it is. "
+                         f"Received: {path}")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
             f"Output folder already exists: {path}. Pass overwrite=True "
             "(--overwrite on the command line) to replace it.")
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    _makedirs(parent)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
     try:
         yield tmp
@@ -103,3 +111,12 @@ def atomic_directory(path, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _makedirs(folder):
+    """``os.makedirs``, with a one-line ValueError when a file stands in the way."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"Cannot create the folder: a file stands in its path. "
+                         f"Received: {folder}") from None

@@ -128,16 +128,29 @@ MPII_16 = KeypointSpec(
     flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
     skeleton=((0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8),
               (8, 9), (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15)),
-    # MPII has no official OKS sigmas; 0.089 for all (mmpose's choice) keeps
-    # OKS-NMS usable. PCKh evaluation does not read them.
-    sigmas=(0.089, 0.083, 0.107, 0.107, 0.083, 0.089, 0.107, 0.107, 0.087,
-            0.089, 0.062, 0.072, 0.079, 0.079, 0.072, 0.062),
+    # MPII has no official OKS sigmas (PCKh does not read them; OKS-NMS does).
+    # These are mmpose's, "adapted from COCO": open-mmlab/mmpose
+    # configs/_base_/datasets/mpii.py (commit ba8cf337), same joint order.
+    sigmas=(0.089, 0.083, 0.107, 0.107, 0.083, 0.089, 0.026, 0.026, 0.026,
+            0.026, 0.062, 0.072, 0.179, 0.179, 0.072, 0.062),
     upper_body=(7, 8, 9, 10, 11, 12, 13, 14, 15),
     lower_body=(0, 1, 2, 3, 4, 5, 6),
     joint_weights=(1.5, 1.2, 1., 1., 1.2, 1.5, 1., 1., 1., 1., 1.5, 1.2, 1., 1., 1.2, 1.5),
 )
 
 _REGISTRY = {"coco": COCO_17, "mpii": MPII_16}
+
+
+def validate_num_keypoints(num_keypoints, arg_name="num_keypoints"):
+    """Checks a keypoint (heatmap channel) count: an int >= 1.
+
+    Raises:
+        ValueError: naming ``arg_name`` and what it received.
+    """
+    if isinstance(num_keypoints, bool) or not isinstance(num_keypoints, int) or num_keypoints < 1:
+        raise ValueError(
+            f"`{arg_name}` must be an int >= 1. Received: {arg_name}={num_keypoints!r}")
+    return num_keypoints
 
 
 def get_keypoint_spec(name_or_spec) -> KeypointSpec:
@@ -149,8 +162,3 @@ def get_keypoint_spec(name_or_spec) -> KeypointSpec:
             f"Unknown keypoint set. Expected one of {sorted(_REGISTRY)} or a "
             f"KeypointSpec. Received: {name_or_spec!r}")
     return _REGISTRY[name_or_spec]
-
-
-def register_keypoint_spec(spec: KeypointSpec) -> None:
-    """Makes ``spec`` available by name to every ``dataset=`` argument."""
-    _REGISTRY[spec.name] = spec

@@ -23,8 +23,6 @@ BN_EPSILON = 1e-5
 # and DPN recipes were tuned with it.
 BN_MOMENTUM = 0.9
 
-SCHEDULES = ("pyramid", "reversed")
-
 
 def dilation_rates(num_blocks, dilation_schedule="pyramid"):
     """Dilation of each block's 3x3 conv.
@@ -250,7 +248,7 @@ class DilationPyramidModule(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
-        if kernel_size not in (1, 3, 5, 7) :
+        if kernel_size not in (1, 3, 5, 7):
             raise ValueError(
                 f"`kernel_size` must be an odd int in 1..7. Received: kernel_size={kernel_size!r}")
         self.filters = filters
@@ -265,6 +263,12 @@ class DilationPyramidModule(keras.layers.Layer):
                        dtype=self.dtype_policy)
             for i, rate in enumerate(self.rates)
         ]
+        # Keras tracks the list, but TensorFlow's object graph (tf.train.Checkpoint,
+        # SavedModel) follows only attributes that hold a layer: give each block
+        # one too. Private names are visited last by Keras' saving, so the
+        # `.keras` / `.weights.h5` layout (under `blocks`) stays as it was.
+        for i, block in enumerate(self.blocks):
+            setattr(self, f"_block{i + 1}", block)
 
     def build(self, input_shape):
         shape = input_shape

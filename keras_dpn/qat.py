@@ -50,14 +50,15 @@ def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epoc
         model_path: a ``.keras`` heatmap model.
         out_path: the ``.tflite`` to write.
         calibration_path: ``.npy`` of normalized float32 crops ``(N, H, W, 3)``;
-            defaults to real crops of the bundled COCO sample.
+            defaults to the person crops that ship with the package
+            (:func:`keras_dpn.calibration.default_crops`).
         mode: ``"qat"`` or ``"prune"``.
         epochs, batch_size: fine-tuning settings.
         learning_rate: Adam rate; None for the measured defaults (1e-5 for
             QAT, which only adapts to the rounding; 3e-4 for pruning, which
             must recover from removed weights).
         sparsity: final sparsity for ``"prune"``.
-        max_crops: sample crops when ``calibration_path`` is None.
+        max_crops: default crops when ``calibration_path`` is None.
         timeout: seconds before the child is killed.
         report_path: where the child writes its JSON report (default: beside
             ``out_path`` with ``.json``).
@@ -142,14 +143,20 @@ def _plan(model):
         steps.append(("add", dict(name=f"{prefix}_add"), []))
         steps.append(("relu", dict(name=f"{prefix}_out"), []))
 
+    previous = model.inputs[0]
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        inbound = layer._inbound_nodes
-        if len(inbound) != 1 or len(inbound[0].input_tensors) != 1:
+        try:
+            single_path = layer.input is previous
+        except (AttributeError, ValueError):  # a layer called more than once
+            single_path = False
+        if not single_path:
             raise ValueError(
                 "QAT / pruning supports single-path models built by keras_dpn.DPN. "
-                f"Received: a model with layer {layer.name!r} of several inputs")
+                f"Received: a model whose layer {layer.name!r} does not take the previous "
+                "layer's output")
+        previous = layer.output
         if isinstance(layer, keras.layers.Conv2D):
             conv(layer, layer.name)
         elif isinstance(layer, keras.layers.BatchNormalization):
@@ -219,12 +226,6 @@ def _build_tf_keras(steps, input_shape, batch_size=None):
     return model
 
 
-def _sample_inputs(input_size, max_crops):
-    from keras_dpn import export
-    crops, _ = export.sample_crops(input_size, max_crops)
-    return export.normalize_numpy(crops)
-
-
 def _batch1_tflite(model, input_shape, calibration, workdir):
     """Full-integer TFLite of a (quantization-aware or plain) tf_keras model."""
     import tensorflow as tf
@@ -235,18 +236,11 @@ def _batch1_tflite(model, input_shape, calibration, workdir):
                                input_signature=[spec])
     path = os.path.join(workdir, "batch1_saved_model")
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    # The same converter settings as export's post-training int8 file.
+    from keras_dpn import calibration as calibration_lib
     converter = tf.lite.TFLiteConverter.from_saved_model(path)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def dataset():
-        for crop in calibration:
-            yield [crop[None].astype(np.float32)]
-
-    converter.representative_dataset = dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    options = calibration_lib.tflite_options("int8", calibration)
+    return calibration_lib.apply_tflite_options(converter, options).convert()
 
 
 def _calibrate_activation_ranges(qat_model, x, batch_size):
@@ -310,14 +304,12 @@ def main(argv=None):
     import tensorflow as tf
 
     import keras_dpn  # noqa: F401  registers the custom layers
-    from keras_dpn import io_utils
+    from keras_dpn import calibration, io_utils
 
     source = keras.saving.load_model(args.model, compile=False)
     input_shape = tuple(int(s) for s in source.input_shape[1:])
-    if args.calibration:
-        data = np.load(args.calibration).astype(np.float32)
-    else:
-        data = _sample_inputs(input_shape[:2], args.max_crops)
+    data = np.load(args.calibration) if args.calibration else None
+    data = calibration.calibration_data(data, input_shape[:2], args.max_crops)
     # Fine-tuning targets: the float model's own heatmaps on the crops and
     # their mirror images (distillation; no labels needed).
     train_x = np.concatenate([data, data[:, :, ::-1]], axis=0)

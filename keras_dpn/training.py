@@ -24,15 +24,28 @@ expect); under the multi-worker strategy it runs a custom loop
 ``keras.callbacks.CallbackList``. ``loop="custom"`` forces the custom loop
 anywhere, which is how it is tested on one machine.
 
+**Backends.** On TensorFlow, the above. On JAX and PyTorch (``KERAS_BACKEND``)
+the trainer runs one loop, ``model.fit``, with the same callbacks, NaN guard,
+best weights and history; :func:`get_strategy` returns a
+:class:`KerasDistribution` (``"mirrored"``: ``keras.distribution.DataParallel``
+over the local devices on JAX, one device on PyTorch; ``"multi_worker"`` is
+TensorFlow-only), and the epoch checkpoints are Keras ``.weights.h5`` files,
+which hold the optimizer's variables as well as the model's. The training data
+may be a ``tf.data.Dataset`` (Keras feeds it to every backend when TensorFlow
+is installed) or a ``keras.utils.PyDataset`` such as
+:class:`keras_dpn.data.PersonCrops` (no TensorFlow needed).
+
 Output folder layout (everything written atomically; a kill at any moment
 leaves the previous epoch's checkpoint intact)::
 
     OUTPUT/
       checkpoints/ckpt-N.*, checkpoints/checkpoint   last epochs (tf.train.Checkpoint)
+      checkpoints/ckpt-N.weights.h5   instead, on JAX / PyTorch (model + optimizer)
       checkpoints/state.json    architecture fingerprint, epoch, step, best score
       best.weights.h5, best.json   weights of the best epoch by ``monitor``
       logs/                     TensorBoard event files
       history.csv               one row per epoch (loss, lr, val_AP, ...)
+      run_config.json           builder arguments, keypoint set, data, settings (keras_dpn.publish)
 
 Example:
 >>> import tempfile, numpy as np, tensorflow as tf, keras_dpn
@@ -54,13 +67,19 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_dpn import _optional
 from keras_dpn.io_utils import atomic_file, atomic_path
+
+# Imported on first use: the JAX / PyTorch path needs no TensorFlow.
+tf = _optional.LazyModule("tensorflow", "TensorFlow training (tf.distribute strategies, "
+                          "tf.train checkpoints, TensorBoard logs)")
 
 STRATEGIES = ("mirrored", "multi_worker", "default")
 LOOPS = ("auto", "fit", "custom")
@@ -72,6 +91,8 @@ BEST_WEIGHTS = "best.weights.h5"
 BEST_JSON = "best.json"
 HISTORY_CSV = "history.csv"
 LOG_DIR = "logs"
+# keras-dpn 0.1.0 checkpointed `model.weights` as a flat list under this key.
+LEGACY_WEIGHTS_KEY = "weights"
 
 
 class TrainingDivergedError(RuntimeError):
@@ -90,8 +111,61 @@ class ArchitectureMismatchError(ValueError):
 # Strategy, precision, reproducibility.
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
+class KerasDistribution:
+    """The strategy of the JAX and PyTorch backends: what the trainer needs of one.
+
+    ``scope()``, ``num_replicas_in_sync`` and ``cluster_resolver``, like a
+    ``tf.distribute.Strategy``, over an optional ``keras.distribution``
+    (``DataParallel`` on JAX), so recipes treat both alike.
+
+    Args:
+        distribution: a ``keras.distribution.Distribution`` or None (one device).
+    """
+
+    cluster_resolver = None
+
+    def __init__(self, distribution=None):
+        self.distribution = distribution
+
+    @property
+    def num_replicas_in_sync(self):
+        if self.distribution is None:
+            return 1
+        return int(np.prod(self.distribution.device_mesh.shape))
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
+
+    def __repr__(self):
+        return f"KerasDistribution({self.distribution!r})"
+
+
+def _keras_strategy(name):
+    """:func:`get_strategy` on the JAX and PyTorch backends."""
+    backend = keras.backend.backend()
+    if name == "multi_worker":
+        _optional.require_tensorflow_backend(
+            "strategy='multi_worker' (tf.distribute's MultiWorkerMirroredStrategy)",
+            hint="On JAX use --strategy mirrored (all local devices).")
+    if name == "mirrored" and backend == "jax":
+        devices = keras.distribution.list_devices()
+        if len(devices) > 1:
+            return KerasDistribution(keras.distribution.DataParallel(devices=devices))
+    # PyTorch: Keras' torch trainer runs on one device (the GPU when there is one).
+    return KerasDistribution(None)
+
+
 def get_strategy(name="mirrored"):
-    """Returns a ``tf.distribute.Strategy`` by name.
+    """Returns a ``tf.distribute.Strategy`` (TensorFlow backend) by name.
+
+    On the JAX and PyTorch backends it returns a :class:`KerasDistribution`
+    instead: ``"mirrored"`` is ``keras.distribution.DataParallel`` over all
+    local devices on JAX (one device when there is only one) and one device on
+    PyTorch; ``"default"`` is one device; ``"multi_worker"`` needs TensorFlow.
 
     Args:
         name: ``"mirrored"`` (``MirroredStrategy`` over all local GPUs, or the
@@ -111,6 +185,17 @@ def get_strategy(name="mirrored"):
     seeding, models): the strategy configures collective ops, which the TF
     runtime accepts only before it starts.
     """
+    if isinstance(name, KerasDistribution):
+        return name
+    if not _on_tensorflow():
+        if not isinstance(name, str):
+            raise ValueError(
+                f"On the {keras.backend.backend()} backend `strategy` must be a name "
+                f"{STRATEGIES} or a KerasDistribution. Received: strategy={name!r}")
+        if name not in STRATEGIES:
+            raise ValueError(
+                f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+        return _keras_strategy(name)
     if isinstance(name, tf.distribute.Strategy):
         return name
     if name not in STRATEGIES:
@@ -139,7 +224,7 @@ def get_strategy(name="mirrored"):
 def is_chief(strategy):
     """True on the worker that writes checkpoints, logs and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if resolver is None or not is_multi_worker(strategy):
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     if task_type in (None, "chief"):
@@ -149,6 +234,8 @@ def is_chief(strategy):
 
 
 def is_multi_worker(strategy):
+    if isinstance(strategy, KerasDistribution) or "tensorflow" not in sys.modules:
+        return False
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -156,12 +243,13 @@ def resolve_precision(precision):
     """Maps ``True``/``False``/a policy name to a Keras dtype policy name.
 
     ``True`` picks ``mixed_float16`` on a GPU and ``mixed_bfloat16`` on a CPU
-    (bfloat16 needs no loss scaling and is fast on AVX-512 BF16 CPUs).
+    (bfloat16 needs no loss scaling and is fast on AVX-512 BF16 CPUs), on
+    every backend.
     """
     if precision in (None, False):
         return "float32"
     if precision is True:
-        return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+        return "mixed_float16" if _optional.has_gpu() else "mixed_bfloat16"
     if precision not in PRECISIONS:
         raise ValueError(
             f"`mixed_precision` must be a bool or one of {PRECISIONS}. "
@@ -185,13 +273,17 @@ def precision_policy(precision):
 
 
 def configure_reproducibility(seed=None, deterministic=False):
-    """Seeds Python, NumPy, TF and Keras; optionally makes TF ops deterministic.
+    """Seeds Python, NumPy, the backend and Keras; optionally makes ops deterministic.
 
     Args:
         seed: int or None. Required when ``deterministic`` is True.
-        deterministic: enables ``tf.config.experimental.enable_op_determinism``
+        deterministic: TensorFlow: ``tf.config.experimental.enable_op_determinism``
             (slower; some GPU ops then raise instead of running
-            non-deterministically). This is process-wide and cannot be undone.
+            non-deterministically); PyTorch:
+            ``torch.use_deterministic_algorithms(True)``; JAX: adds
+            ``--xla_gpu_deterministic_ops=true`` to ``XLA_FLAGS``, which takes
+            effect only if JAX has not started its GPU backend yet (the CPU
+            is deterministic already). Process-wide; cannot be undone.
 
     Create a ``MultiWorkerMirroredStrategy`` *before* calling this: seeding
     initializes the TF runtime, after which collective ops can no longer be
@@ -207,15 +299,26 @@ def configure_reproducibility(seed=None, deterministic=False):
             raise ValueError(
                 "Deterministic mode needs a seed (random ops would differ run to run). "
                 f"Received: seed={seed!r}, deterministic={deterministic!r}")
-        tf.config.experimental.enable_op_determinism()
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            tf.config.experimental.enable_op_determinism()
+        elif backend == "torch":
+            import torch
+            torch.use_deterministic_algorithms(True)
+        elif backend == "jax" and "--xla_gpu_deterministic_ops" not in os.environ.get(
+                "XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_gpu_deterministic_ops=true").strip()
 
 
 def reference_head_init(model, layer_name="heatmaps", stddev=1e-3, seed=None):
     """Re-initializes the heatmap head as the HRNet reference: N(0, 0.001), bias 0.
 
     Targets are zero almost everywhere; a head that starts near zero skips
-    the epochs a default (Glorot) head spends unlearning an O(1) offset.
-    Use it when training from scratch, not on pretrained weights.
+    the epochs a Glorot head spends unlearning an O(1) offset. The builders
+    already start their heads this way (``head_initializer="reference"``,
+    the default); this redraws the head of an existing model, e.g. one built
+    with another initializer, with a NumPy ``seed``. Not for pretrained weights.
 
     Args:
         model: a heatmap model with a conv layer named ``layer_name``.
@@ -280,7 +383,7 @@ class EpochPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.factor = float(factor)
 
     def __call__(self, step):
-        epoch = keras.ops.floor_divide(keras.ops.cast(step, "int64"), self.steps_per_epoch)
+        epoch = keras.ops.floor_divide(keras.ops.cast(step, "int32"), self.steps_per_epoch)
         drops = keras.ops.zeros((), "float32")
         for boundary in self.boundaries:
             drops = drops + keras.ops.cast(keras.ops.greater_equal(epoch, boundary), "float32")
@@ -342,6 +445,75 @@ def _is_finite(value):
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return True
+
+
+def _is_tf_dataset(dataset):
+    # Checked without importing TensorFlow: a tf.data.Dataset exists only if it is imported.
+    tf_module = sys.modules.get("tensorflow")
+    return tf_module is not None and isinstance(dataset, tf_module.data.Dataset)
+
+
+class _Scalar:
+    """A Python number with the ``numpy()`` / ``assign()`` of the tf.Variable it stands for."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def numpy(self):
+        return self.value
+
+    def assign(self, value):
+        self.value = value
+
+
+WEIGHTS_CHECKPOINT_RE = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
+
+
+class _WeightsCheckpoints:
+    """Epoch checkpoints of the JAX and PyTorch backends: ``ckpt-N.weights.h5``.
+
+    A compiled model's ``.weights.h5`` holds its variables and its
+    optimizer's (Adam moments, step counter), on every backend. Each file is
+    written atomically, then ``state.json`` names it (with the epoch and the
+    best score): a kill between the two leaves the previous state naming a
+    complete file. The newest ``max_to_keep`` files are kept.
+    """
+
+    def __init__(self, model, directory, max_to_keep):
+        self.model = model
+        self.directory = directory
+        self.max_to_keep = max(1, int(max_to_keep or 1))
+
+    def latest(self, state):
+        """The file ``state.json`` names, or None when there is no state."""
+        if not state or not state.get("checkpoint"):
+            return None
+        path = os.path.join(self.directory, state["checkpoint"])
+        if not WEIGHTS_CHECKPOINT_RE.match(state["checkpoint"]):
+            raise ValueError(
+                f"The checkpoint in {self.directory} was written by the "
+                f"{state.get('backend', 'tensorflow')} backend ({state['checkpoint']}, a "
+                "tf.train.Checkpoint); resume it with KERAS_BACKEND=tensorflow, or start a new "
+                "run from its best.weights.h5 (--weights). Received: KERAS_BACKEND="
+                f"{keras.backend.backend()!r}")
+        if not os.path.isfile(path):
+            raise ValueError(f"state.json names a checkpoint that is missing. Received: {path!r}")
+        return path
+
+    def save(self, checkpoint_number):
+        path = os.path.join(self.directory, f"ckpt-{checkpoint_number}.weights.h5")
+        with atomic_path(path) as tmp:
+            self.model.save_weights(tmp)
+        return path
+
+    def restore(self, path):
+        self.model.load_weights(path)
+
+    def prune(self):
+        numbered = sorted((int(m.group(1)), name) for name in os.listdir(self.directory)
+                          for m in [WEIGHTS_CHECKPOINT_RE.match(name)] if m)
+        for _, name in numbered[:-self.max_to_keep]:
+            os.remove(os.path.join(self.directory, name))
 
 
 class _NaNGuard(keras.callbacks.Callback):
@@ -476,27 +648,36 @@ class Trainer:
         epochs: total number of epochs (a resumed run stops at the same epoch).
         steps_per_epoch: optimizer steps per epoch; derived from a finite
             dataset's cardinality when None.
-        jit_compile: compile the training step with XLA.
+        jit_compile: compile the training step: ``True`` (XLA on TensorFlow
+            and JAX, ``torch.compile`` on PyTorch), ``False`` (TensorFlow:
+            the oneDNN graph, faster than XLA on CPUs; JAX: op by op, for
+            debugging only), or ``"auto"``: ``True`` on JAX, ``False``
+            otherwise.
         mixed_precision: False, True or a Keras policy name (see
             :func:`resolve_precision`).
         loop: ``"auto"`` (``model.fit`` except under the multi-worker
-            strategy), ``"fit"`` or ``"custom"``.
+            strategy), ``"fit"`` or ``"custom"`` (TensorFlow only). On JAX and
+            PyTorch there is one loop, ``model.fit``.
         monitor: epoch-log key that selects the best checkpoint (written by an
             evaluation callback such as ``COCOEvaluationCallback``).
         monitor_mode: ``"max"`` or ``"min"``.
         max_to_keep: number of epoch checkpoints kept.
         tensorboard: write TensorBoard logs to ``OUTPUT/logs``.
         verbose: 0 silent, 1 progress bar, 2 one line per epoch.
-        seed: seeds Python, NumPy, TF and Keras once the strategy exists.
-        deterministic: deterministic TF ops (needs ``seed``; see
+        seed: seeds Python, NumPy, the backend and Keras once the strategy exists.
+        deterministic: deterministic ops (needs ``seed``; see
             :func:`configure_reproducibility`).
+        run_info: what the trainer cannot see (``keypoints``, ``dataset``,
+            recipe settings), recorded with the model's builder arguments and
+            these settings in ``OUTPUT/run_config.json`` when training starts
+            (what ``keras-dpn publish`` reads; :mod:`keras_dpn.publish`).
     """
 
     def __init__(self, model_fn, output_dir, strategy="mirrored", loss=None,
                  learning_rate=1e-3, lr_boundaries=(90, 120), lr_factor=0.1, epochs=140,
                  steps_per_epoch=None, jit_compile=False, mixed_precision=False, loop="auto",
                  monitor="val_AP", monitor_mode="max", max_to_keep=3, tensorboard=True,
-                 verbose=1, seed=None, deterministic=False):
+                 verbose=1, seed=None, deterministic=False, run_info=None):
         if loop not in LOOPS:
             raise ValueError(f"`loop` must be one of {LOOPS}. Received: loop={loop!r}")
         if monitor_mode not in ("max", "min"):
@@ -527,18 +708,31 @@ class Trainer:
             raise ValueError(
                 "Keras 3 `model.fit` does not work under MultiWorkerMirroredStrategy "
                 "(keras-team/keras#20585); use loop='custom' or 'auto'. Received: loop='fit'")
+        # TensorFlow: tf.train checkpoints (and the custom loop); JAX / PyTorch:
+        # model.fit with .weights.h5 checkpoints.
+        self.backend = keras.backend.backend()
+        self._tf_checkpoints = self.backend == "tensorflow"
+        if self.loop == "custom" and not self._tf_checkpoints:
+            _optional.require_tensorflow_backend(
+                "loop='custom' (the tf.distribute training loop)",
+                hint="Use loop='auto' or 'fit'.")
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(
+                "`jit_compile` must be True, False or 'auto'. "
+                f"Received: jit_compile={jit_compile!r}")
         self.learning_rate = float(learning_rate)
         self.lr_boundaries = tuple(lr_boundaries)
         self.lr_factor = float(lr_factor)
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
-        self.jit_compile = bool(jit_compile)
+        self.jit_compile = (self.backend == "jax") if jit_compile == "auto" else jit_compile
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.max_to_keep = max_to_keep
         self.tensorboard = tensorboard
         self.verbose = verbose
         self._loss = loss
         self._model_fn = model_fn
+        self.run_info = dict(run_info or {})
         self.model = None
         self.optimizer = None
 
@@ -578,19 +772,28 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
             self.optimizer = optimizer
+            if not self._tf_checkpoints:
+                # The epoch and best score live in state.json; the weights
+                # files hold the model and the optimizer.
+                self._epoch_var, self._best_var = _Scalar(0), _Scalar(np.nan)
+                self._manager = _WeightsCheckpoints(self.model, self._save_dir(),
+                                                    self.max_to_keep)
+                return
             self._epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self._best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
-            # The weights are checkpointed as a flat list, not through the
-            # model's object graph: tf.train.Checkpoint does not follow Keras 3
-            # layers kept in a Python list (the DPM's blocks), and their BN
-            # moving statistics would silently be left out (the trainable
-            # weights still come back, through the optimizer). The order is
-            # fixed by the architecture, which the fingerprint check enforces.
-            self._checkpoint = tf.train.Checkpoint(weights=list(self.model.weights),
-                                                   optimizer=self.optimizer,
+            # The model's object graph: every layer, the DPM's blocks included
+            # (they are attributes of the DPM, see layers.py), with its BN
+            # moving statistics.
+            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                                    epoch=self._epoch_var, best=self._best_var)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._save_dir(), max_to_keep=self.max_to_keep)
+
+    def _latest_checkpoint(self, state):
+        """Path of the newest complete checkpoint, or None."""
+        if self._tf_checkpoints:
+            return tf.train.latest_checkpoint(self.checkpoint_dir)
+        return self._manager.latest(state)
 
     def _save_dir(self):
         if self.chief:
@@ -605,8 +808,8 @@ class Trainer:
 
         Returns the epoch to start from (0-based).
         """
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         state = read_state(self.output_dir)
+        latest = self._latest_checkpoint(state)
         if latest is None:
             return 0
         if not resume:
@@ -627,8 +830,21 @@ class Trainer:
                 f"({found.get('num_params')} values), but the model is {expected['name']} with "
                 f"{expected['num_weights']} weights ({expected['num_params']} values). Use the "
                 "matching --model or another --output; nothing was written.")
-        status = self._checkpoint.restore(latest)
-        status.assert_existing_objects_matched()
+        if self._tf_checkpoints:
+            status = self._checkpoint_for(latest).restore(latest)
+            # Fails if any variable of the model (BN statistics included) or the
+            # optimizer has no value in the checkpoint.
+            status.assert_existing_objects_matched()
+        else:
+            self._manager.restore(latest)
+            # Keras only warns when it skips the optimizer's variables: check the step.
+            step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+            if step != int(state.get("step", step)):
+                raise ValueError(
+                    f"{latest} did not restore the optimizer state (step {step}, state.json: "
+                    f"{state['step']}); nothing was written. Received: output={self.output_dir!r}")
+            self._epoch_var.assign(int(state["epoch"]))
+            self._best_var.assign(np.nan if state.get("best") is None else float(state["best"]))
         epoch = int(self._epoch_var.numpy())
         if self.verbose and self.chief:
             print(f"Resumed from {latest}: {epoch} epoch(s) done, optimizer step "
@@ -636,9 +852,29 @@ class Trainer:
                   f"lr {learning_rate_at(self.optimizer):g}.")
         return epoch
 
+    @staticmethod
+    def _legacy_layout(path):
+        """True for a checkpoint of keras-dpn 0.1.0, which held the weights as a flat list."""
+        return any(n.startswith(f"{LEGACY_WEIGHTS_KEY}/") for n, _ in tf.train.list_variables(path))
+
+    def _checkpoint_for(self, path):
+        """The ``tf.train.Checkpoint`` that reads ``path``.
+
+        Checkpoints of keras-dpn 0.1.0 stored ``model.weights`` as a flat list
+        (``weights/0``, ``weights/1``, ...); they are read through that list, whose
+        order the architecture fingerprint guarantees. The next save uses the
+        model's object graph.
+        """
+        if not self._legacy_layout(path):
+            return self._checkpoint
+        return tf.train.Checkpoint(**{LEGACY_WEIGHTS_KEY: list(self.model.weights)},
+                                   optimizer=self.optimizer, epoch=self._epoch_var,
+                                   best=self._best_var)
+
     def _fingerprint_from_checkpoint(self, path):
+        prefix = f"{LEGACY_WEIGHTS_KEY}/" if self._legacy_layout(path) else "model/"
         shapes = [s for n, s in tf.train.list_variables(path)
-                  if n.startswith("weights/") and n.endswith("VARIABLE_VALUE")]
+                  if n.startswith(prefix) and n.endswith("VARIABLE_VALUE")]
         own = [tuple(v.shape) for v in self.model.weights]
         match = sorted(map(tuple, shapes)) == sorted(own)
         return {"name": "unknown", "num_weights": len(shapes),
@@ -675,8 +911,12 @@ class Trainer:
                 else float(self._best_var.numpy()),
                 "monitor": self.monitor,
                 "architecture": architecture_fingerprint(self.model),
+                "backend": self.backend,
                 "logs": {k: float(v) for k, v in logs.items() if _is_finite(v)},
             })
+            if not self._tf_checkpoints:
+                # Only now: until state.json names the new file, the old ones are the state.
+                self._manager.prune()
         else:
             shutil.rmtree(os.path.dirname(self._save_dir()), ignore_errors=True)
 
@@ -684,7 +924,10 @@ class Trainer:
     def _steps(self, dataset):
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
-        n = int(dataset.cardinality())
+        if _is_tf_dataset(dataset):
+            n = int(dataset.cardinality())
+        else:  # a PyDataset: its length in batches (None when it does not know)
+            n = dataset.num_batches or -1
         if n <= 0:
             raise ValueError(
                 "`steps_per_epoch` is required for a dataset of unknown or infinite length. "
@@ -695,8 +938,10 @@ class Trainer:
         """Trains from the last checkpoint (if ``resume``) up to ``epochs``.
 
         Args:
-            train_dataset: ``tf.data.Dataset`` of global batches
-                ``(images, heatmaps, target_weight)``.
+            train_dataset: ``tf.data.Dataset`` or ``keras.utils.PyDataset``
+                (e.g. :class:`keras_dpn.data.PersonCrops`) of global batches
+                ``(images, heatmaps, target_weight)``. The custom loop needs
+                a ``tf.data.Dataset``.
             callbacks: Keras callbacks (evaluation, early stopping, ...). They
                 run before the checkpoint, so values they put in the epoch
                 logs (``val_AP``) choose the best checkpoint.
@@ -708,13 +953,19 @@ class Trainer:
             values) for the epochs run in this call.
 
         Raises:
-            TrainingDivergedError: on a NaN or infinite loss.
+            TrainingDivergedError: on a NaN or infinite loss, or when a
+                callback raises it (evaluation of non-finite predictions).
             ArchitectureMismatchError: the checkpoint is for another model.
             FileExistsError: ``output_dir`` holds a run and ``resume`` is False.
         """
-        if not isinstance(train_dataset, tf.data.Dataset):
+        is_tf_data = _is_tf_dataset(train_dataset)
+        if not is_tf_data and not isinstance(train_dataset, keras.utils.PyDataset):
             raise ValueError(
-                "`train_dataset` must be a tf.data.Dataset. "
+                "`train_dataset` must be a tf.data.Dataset or a keras.utils.PyDataset. "
+                f"Received: train_dataset={type(train_dataset).__name__}")
+        if not is_tf_data and self.loop == "custom":
+            raise ValueError(
+                "The custom (tf.distribute) loop needs a tf.data.Dataset. "
                 f"Received: train_dataset={type(train_dataset).__name__}")
         steps = self._steps(train_dataset)
         self._build(steps)
@@ -723,40 +974,56 @@ class Trainer:
             if self.verbose and self.chief:
                 print(f"Nothing to do: {initial_epoch} of {self.epochs} epochs already done.")
             return {"epoch": []}
-        if train_dataset.cardinality() != tf.data.INFINITE_CARDINALITY:
+        # A PyDataset restarts by itself every len(dataset) steps.
+        if is_tf_data and train_dataset.cardinality() != tf.data.INFINITE_CARDINALITY:
             train_dataset = train_dataset.repeat()
 
         guard = _NaNGuard(self.optimizer)
         cbs = list(callbacks)
         if self.chief:
             cbs.append(_HistoryCSV(os.path.join(self.output_dir, HISTORY_CSV), initial_epoch))
-            if self.tensorboard:
+            if self.tensorboard and _optional.is_installed("tensorflow"):
                 cbs.append(_ScalarSummaries(os.path.join(self.output_dir, LOG_DIR)))
+            elif self.tensorboard and self.verbose:
+                print("TensorBoard logs need TensorFlow (not installed): skipped; "
+                      f"{HISTORY_CSV} has the same values.")
         # Guard first (stops at the bad batch), checkpoint last (sees val_AP).
         cbs = [guard] + cbs + [_EpochCheckpoint(self, guard)]
         os.makedirs(self.output_dir, exist_ok=True)
+        if self.chief:
+            # The builder arguments `keras-dpn publish` rebuilds the model from.
+            from keras_dpn.publish import record_run
+            record_run(self.output_dir, trainer=self)
 
-        if self.loop == "fit":
-            history = self.model.fit(train_dataset, epochs=self.epochs,
-                                     steps_per_epoch=steps, initial_epoch=initial_epoch,
-                                     callbacks=cbs, verbose=self.verbose)
-            result = {"epoch": list(history.epoch), **history.history}
-        else:
-            result = self._custom_loop(train_dataset, steps, initial_epoch, cbs, guard)
+        try:
+            if self.loop == "fit":
+                history = self.model.fit(train_dataset, epochs=self.epochs,
+                                         steps_per_epoch=steps, initial_epoch=initial_epoch,
+                                         callbacks=cbs, verbose=self.verbose)
+                result = {"epoch": list(history.epoch), **history.history}
+            else:
+                result = self._custom_loop(train_dataset, steps, initial_epoch, cbs, guard)
+        except TrainingDivergedError as e:
+            # From a callback: the evaluation got non-finite predictions.
+            self._diverged(None, reason=str(e))
         if guard.tripped_at is not None:
             self._diverged(guard.tripped_at)
         return result
 
-    def _diverged(self, where):
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest is not None:
-            self._checkpoint.restore(latest).expect_partial()
-        epoch, batch = where
-        at = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+    def _diverged(self, where, reason=None):
+        latest = self._latest_checkpoint(read_state(self.output_dir))
+        if latest is not None and self._tf_checkpoints:
+            self._checkpoint_for(latest).restore(latest).expect_partial()
+        elif latest is not None:
+            self._manager.restore(latest)
+        if reason is None:
+            epoch, batch = where
+            at = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+            reason = f"Training diverged: the loss became NaN or infinite at {at}."
         kept = (f"The last good checkpoint {latest} is untouched and its weights were "
                 "restored into the model." if latest else "No checkpoint had been written yet.")
         raise TrainingDivergedError(
-            f"Training diverged: the loss became NaN or infinite at {at}. {kept} Lower the "
+            f"{reason} {kept} Lower the "
             "learning rate, check the data for broken targets, or disable mixed precision, "
             "then resume.")
 

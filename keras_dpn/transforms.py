@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from keras_dpn import _optional
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,15 +40,20 @@ DEFAULT_PADDING = 1.25
 
 def _tf():
     # TensorFlow is imported lazily so that the numpy half of this module
-    # (used by evaluation and inference) does not pay for it.
-    import tensorflow as tf
-    return tf
+    # (used by evaluation and inference) does not pay for it, and works without it.
+    return _optional.tensorflow("The TensorFlow crop functions of keras_dpn.transforms (*_tf)")
+
+
+def is_tf_tensor(x):
+    """True for a TensorFlow tensor or variable, checked without importing TensorFlow."""
+    return type(x).__module__.startswith("tensorflow.")
 
 
 def normalize_image(image):
     """RGB image (uint8 in [0, 255] or float in [0, 1]) -> float32, ImageNet-normalized.
 
-    Works on numpy arrays and on TensorFlow tensors (returns the same kind).
+    Works on TensorFlow tensors (returns a tensor) and on anything numpy
+    reads, such as arrays of the JAX or PyTorch backends (returns numpy).
     A uint8 input is divided by 255 first; a float input is taken as already
     in [0, 1].
 
@@ -63,7 +70,7 @@ def normalize_image(image):
     """
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
-    if isinstance(image, np.ndarray) or np.isscalar(image):
+    if not is_tf_tensor(image):
         image = np.asarray(image)
         if image.shape[-1:] != (3,):
             raise ValueError(f"`image` must have 3 channels (RGB) in its last axis. "

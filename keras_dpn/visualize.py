@@ -49,7 +49,7 @@ def _joint_colors(spec):
 
 
 def draw_skeleton(image, keypoints, spec="coco", score_threshold=0.3, radius=None,
-                  thickness=None, boxes=None):
+                  thickness=None, boxes=None, labels=None):
     """Draws people's joints and limbs on a copy of an RGB image.
 
     Args:
@@ -62,6 +62,8 @@ def draw_skeleton(image, keypoints, spec="coco", score_threshold=0.3, radius=Non
         radius: joint radius in pixels (default: from the image size).
         thickness: limb thickness (default: from the image size).
         boxes: optional ``(N, 4)`` xywh boxes drawn in grey.
+        labels: optional text per person (e.g. track ids), written above its
+            box when ``boxes`` are given, else above its highest seen joint.
 
     Returns:
         The annotated ``(H, W, 3)`` uint8 RGB image (the input is untouched).
@@ -69,7 +71,7 @@ def draw_skeleton(image, keypoints, spec="coco", score_threshold=0.3, radius=Non
     Example:
     >>> import numpy as np
     >>> kp = np.array([[10, 10, 1.0]] * 17, np.float32)
-    >>> draw_skeleton(np.zeros((64, 48, 3), np.uint8), kp).max() > 0
+    >>> bool(draw_skeleton(np.zeros((64, 48, 3), np.uint8), kp).max() > 0)
     True
     """
     import cv2
@@ -102,7 +104,33 @@ def draw_skeleton(image, keypoints, spec="coco", score_threshold=0.3, radius=Non
             p = (int(round(kp[j, 0])), int(round(kp[j, 1])))
             cv2.circle(out, p, radius, joint_colors[j], -1, cv2.LINE_AA)
             cv2.circle(out, p, radius, (0, 0, 0), 1, cv2.LINE_AA)
+    if labels is not None:
+        _draw_labels(out, people, boxes, labels, score_threshold, thickness)
     return out
+
+
+def _draw_labels(out, people, boxes, labels, score_threshold, thickness):
+    import cv2
+    labels = [str(label) for label in labels]
+    if len(labels) != len(people):
+        raise ValueError(f"`labels` needs one entry per person ({len(people)}). "
+                         f"Received: {len(labels)} labels")
+    boxes = None if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+    font_scale = max(0.35, max(out.shape[:2]) / 900)
+    for i, (kp, label) in enumerate(zip(people, labels)):
+        if boxes is not None:
+            x, y = boxes[i, 0], boxes[i, 1]
+        else:
+            seen = kp[kp[:, 2] >= score_threshold]
+            if not len(seen):
+                continue
+            x, y = seen[:, 0].min(), seen[:, 1].min()
+        org = (int(round(x)), max(int(round(y)) - 4, 10))
+        # Dark outline under light text: readable on any background.
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
+                    thickness + 2, cv2.LINE_AA)
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
 
 
 def heatmap_overlay(crop, heatmap, alpha=0.55):

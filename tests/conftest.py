@@ -1,8 +1,4 @@
-import os
 import pathlib
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest
 
@@ -27,3 +23,11 @@ def exported(tmp_path_factory):
     ``(keras model, export folder, uint8 crops)``."""
     import deploy_helpers
     return deploy_helpers.fresh_export(tmp_path_factory.getbasetemp() / "deploy")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """The briefly trained tiny DPN of the slow deployment tests, trained once per
+    session into a temporary folder: ``(model, path)``."""
+    import deploy_helpers
+    return deploy_helpers.trained_tiny_dpn(tmp_path_factory.mktemp("trained_tiny"))

@@ -7,7 +7,6 @@ sample, which is what we want here: peaked heatmaps on exactly the crops on
 which the exports are compared.
 """
 
-import json
 import os
 import time
 
@@ -28,41 +27,15 @@ def sample_training_set(input_size=INPUT_SIZE, max_people=None, min_keypoints=5)
         ``(crops uint8 (N, H, W, 3), heatmaps (N, h, w, 17), weights (N, 17),
         keypoints (N, 17, 3) in crop pixels)``.
     """
-    import cv2
-
-    from keras_dpn import transforms
+    from keras_dpn.calibration import person_crops
     from keras_dpn.codec import HeatmapCodec
-    with open(ANNOTATIONS) as f:
-        coco = json.load(f)
-    image_dir = os.path.join(os.path.dirname(os.path.dirname(ANNOTATIONS)), "images")
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    crops, records = person_crops(ANNOTATIONS, input_size, max_people=max_people,
+                                  min_keypoints=min_keypoints)
     h, w = input_size
     codec = HeatmapCodec(input_size, (h // 4, w // 4), sigma=2.0)
-    crops, hms, wts, kps = [], [], [], []
-    images = {}
-    for ann in coco["annotations"]:
-        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) < min_keypoints:
-            continue
-        if ann["bbox"][2] < 2 or ann["bbox"][3] < 2:
-            continue
-        if ann["image_id"] not in images:
-            bgr = cv2.imread(os.path.join(image_dir, files[ann["image_id"]]))
-            images[ann["image_id"]] = bgr[..., ::-1].copy()
-        image = images[ann["image_id"]]
-        center, scale = transforms.box_to_center_scale(ann["bbox"], w / h)
-        crop = transforms.crop_image(image, center, scale, input_size)
-        m = transforms.get_affine_transform(center, scale, 0.0, input_size)
-        kp = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
-        xy = transforms.affine_transform_points(kp[:, :2], m)
-        hm, wt = codec.encode(xy, np.minimum(kp[:, 2], 1))
-        crops.append(crop)
-        hms.append(hm)
-        wts.append(wt)
-        kps.append(np.concatenate([xy, kp[:, 2:]], axis=1))
-        if max_people and len(crops) >= max_people:
-            break
-    return (np.stack(crops), np.stack(hms), np.stack(wts),
-            np.stack(kps).astype(np.float32))
+    kps = np.stack([r["keypoints"] for r in records])
+    targets = [codec.encode(kp[:, :2], np.minimum(kp[:, 2], 1)) for kp in kps]
+    return (crops, np.stack([t[0] for t in targets]), np.stack([t[1] for t in targets]), kps)
 
 
 def train_tiny_dpn(path, epochs=40, num_people=TRAIN_PEOPLE, batch_size=16, learning_rate=1e-3, seed=0,
@@ -87,13 +60,10 @@ def train_tiny_dpn(path, epochs=40, num_people=TRAIN_PEOPLE, batch_size=16, lear
     y = np.concatenate([hms, hms[:, :, ::-1][..., flip]])
     sw = np.concatenate([wts, wts[:, flip]])
     x = transforms.normalize_image(x).astype(np.float32)
+    # The builder's default head (N(0, 0.001), the reference) matters here:
+    # from a Glorot head the untrained heatmaps are in the hundreds and 40
+    # epochs go into shrinking them.
     model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
-    # The reference starts the heatmap head near zero (std 0.001). From the
-    # default init the untrained heatmaps are in the hundreds and 40 epochs
-    # go into shrinking them: the model then never learns where joints are.
-    head = model.get_layer("heatmaps")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 0.01, np.zeros_like(bias)])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=JointsMSE())
     start = time.time()
     model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=epochs, shuffle=True,
@@ -112,14 +82,12 @@ def mean_keypoint_error(a, b, visible=None):
     return float(d.mean())
 
 
-CACHE_DIR = os.environ.get("KERAS_DPN_TEST_CACHE",
-                           os.path.join(os.path.expanduser("~"), ".cache", "keras_dpn_tests"))
-# Bump when the training recipe above changes, so a stale cached model is not reused.
-TINY_MODEL_VERSION = "v2"
+def trained_tiny_dpn(folder):
+    """The trained tiny DPN in ``folder`` (trained there on the first call: minutes).
 
-
-def trained_tiny_dpn():
-    """The trained tiny DPN, cached on disk across test runs (first run: minutes).
+    Tests get ``folder`` from a session-scoped temporary directory (the
+    ``trained_tiny`` fixture), benchmarks from their own: nothing is cached
+    in the home folder or the repository.
 
     Returns:
         ``(model, path)``; the model's training crops are the first
@@ -128,10 +96,9 @@ def trained_tiny_dpn():
     import keras
 
     import keras_dpn  # noqa: F401  registers the custom layers
-    path = os.path.join(CACHE_DIR, f"tiny_dpn1_32_128x96_{TINY_MODEL_VERSION}.keras")
+    path = os.path.join(os.fspath(folder), "tiny_dpn1_32_128x96.keras")
     if os.path.exists(path):
         return keras.saving.load_model(path, compile=False), path
-    os.makedirs(CACHE_DIR, exist_ok=True)
     model, _ = train_tiny_dpn(path)
     return model, path
 
@@ -142,10 +109,11 @@ _EXPORTS = {}
 def scale_head_to_unit_peak(model, x):
     """Divides the last conv of an untrained model so its heatmaps on ``x`` peak at 1.
 
-    An untrained head outputs heatmaps in the hundreds, where 1e-4 is below
-    float32 resolution; a trained one outputs values in about [0, 1]
-    (Gaussian targets peak at 1). With this scaling the absolute parity
-    tolerance means what it means for a trained model.
+    The scale of an untrained head is arbitrary (hundredths with the reference
+    N(0, 0.001) init, hundreds with a Glorot head, where 1e-4 is below float32
+    resolution); a trained one outputs values in about [0, 1] (Gaussian
+    targets peak at 1). With this scaling the absolute parity tolerance means
+    what it means for a trained model.
     """
     head = model.get_layer("heatmaps")
     peak = float(np.abs(model(x)).max())
@@ -166,11 +134,12 @@ def fresh_export(base_dir):
         import keras
 
         import keras_dpn
-        from keras_dpn import export
+        from keras_dpn import export, transforms
+        from keras_dpn.calibration import person_crops
         keras.utils.set_random_seed(1)
         model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
-        crops, _ = export.sample_crops(INPUT_SIZE, 8)
-        scale_head_to_unit_peak(model, export.normalize_numpy(crops))
+        crops, _ = person_crops(ANNOTATIONS, INPUT_SIZE, max_people=8)
+        scale_head_to_unit_peak(model, transforms.normalize_image(crops))
         folder = os.path.join(base_dir, "dpn1_32")
         export.export_model(model, folder, representative_data=crops, verbose=False)
         _EXPORTS[base_dir] = (model, folder, crops)

@@ -133,6 +133,18 @@ def test_callback_logs_val_ap_for_checkpoint(crops, codec, ann_file, tmp_path):
     assert float(row["val_AP"]) == pytest.approx(history.history["val_AP"][0])
 
 
+def test_callback_steps_scores_the_images_it_covered(crops, codec, ann_file):
+    # A quick subset (steps=1 of batch 3: the people of images 785 and 40083) is
+    # scored on its own images; against every image of the annotation file, the
+    # 9 people of the other two would count as missed.
+    cb = COCOEvaluationCallback(eval_dataset(crops, batch=3), ann_file, codec=codec,
+                                flip_test=False, steps=1, verbose=0)
+    cb.set_model(identity_model())
+    assert cb.evaluate()["AP"] > 0.9
+    assert sorted(cb.evaluator.coco_eval.params.imgIds) == [785, 40083]
+    assert cb.evaluator.evaluate()["AR"] < 0.3
+
+
 def test_checkpoint_keeps_best_and_early_stopping(crops, codec, ann_file, tmp_path):
     model = identity_model()
     cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, verbose=0)
@@ -216,3 +228,65 @@ def test_real_eval_batches(sample_dir, sample_shards):
     ev.reset()
     ev.add_results(results)
     assert 0.0 <= ev.evaluate()["AP"] <= 1.0
+
+
+def nan_model():
+    """The identity model with NaN weights: what a diverged model predicts."""
+    model = identity_model()
+    head = model.get_layer("head")
+    head.set_weights([np.full_like(head.get_weights()[0], np.nan)])
+    return model
+
+
+def test_predict_coco_refuses_non_finite_predictions(crops, codec):
+    from keras_dpn.evaluation import NonFinitePredictionError
+    ids = crops[2]["image_id"][:4].tolist()
+    pattern = (r"^4 of 4 predictions of batch 1 \(people 1-4 of the dataset\) hold NaN or "
+               r"infinite values on image id\(s\) " + ", ".join(map(str, dict.fromkeys(ids))))
+    with pytest.raises(NonFinitePredictionError, match=pattern):
+        predict_coco(nan_model(), eval_dataset(crops), codec=codec, flip_test=False, verbose=0)
+
+
+def test_callback_stops_training_on_non_finite_predictions(crops, codec, ann_file, tmp_path):
+    from keras_dpn.training import TrainingDivergedError
+    model = nan_model()
+    cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, flip_test=False,
+                                output_dir=tmp_path, verbose=0)
+    ckpt = tmp_path / "best.weights.h5"
+    with pytest.raises(TrainingDivergedError,
+                       match=r"evaluation after epoch 1 got non-finite predictions\. 4 of 4 "
+                             r"predictions of batch 1 .* image id\(s\) \d+"):
+        model.fit(train_dataset(crops), epochs=2, verbose=0, shuffle=False, callbacks=[
+            cb, keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_AP", mode="max",
+                                                save_best_only=True, save_weights_only=True)])
+    assert not ckpt.exists() and not (tmp_path / "keypoints_val_results.json").exists()
+    assert cb.history == []
+
+
+def test_trainer_restores_last_good_epoch_when_evaluation_diverges(crops, codec, ann_file,
+                                                                    tmp_path):
+    """Finite loss, NaN predictions (BatchNorm moving variance): the Trainer stops."""
+    from keras_dpn import training
+
+    def model_fn():
+        inputs = keras.Input(HEATMAP + (17,))
+        x = keras.layers.Conv2D(17, 1, name="head")(inputs)
+        return keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+
+    def poison(epoch, logs):
+        if epoch == 1:  # the loss stays finite: training mode uses batch statistics
+            bn = trainer.model.get_layer("bn")
+            bn.moving_variance.assign(np.full((17,), np.nan, "float32"))
+
+    cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, flip_test=False,
+                                verbose=0)
+    trainer = training.Trainer(model_fn, tmp_path / "run", strategy="default", epochs=3,
+                               steps_per_epoch=2, verbose=0, tensorboard=False)
+    with pytest.raises(training.TrainingDivergedError,
+                       match=r"after epoch 2 got non-finite .*/ckpt-1 is untouched and its "
+                             r"weights were restored"):
+        trainer.fit(train_dataset(crops),
+                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=poison), cb])
+    assert training.read_state(tmp_path / "run")["epoch"] == 1
+    assert np.isfinite(trainer.model.get_layer("bn").moving_variance.numpy()).all()
+    assert [epoch for epoch, _ in cb.history] == [0]

@@ -178,3 +178,132 @@ def test_results_file_is_atomic(ann_file, preds, tmp_path, monkeypatch):
         ev.evaluate_results(preds)
     assert (tmp_path / "keypoints_results.json").read_text() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keypoints_results.json"]
+
+
+def _poisoned(preds, case):
+    """A copy of ``preds`` with NaN / inf put in as a diverged model would."""
+    bad = copy.deepcopy(preds)
+    if case == "all_keypoints_nan":
+        hit = list(range(len(bad)))
+    elif case == "half_keypoints_nan":
+        hit = list(range(0, len(bad), 2))
+    elif case == "one_score_nan":
+        hit = [5]
+    else:  # one_keypoint_inf
+        hit = [3]
+    for i in hit:
+        if case == "one_score_nan":
+            bad[i]["score"] = float("nan")
+        elif case == "one_keypoint_inf":
+            bad[i]["keypoints"][7] = float("inf")
+        else:
+            bad[i]["keypoints"] = [float("nan")] * len(bad[i]["keypoints"])
+    return bad, hit
+
+
+NON_FINITE_CASES = ("all_keypoints_nan", "half_keypoints_nan", "one_score_nan",
+                    "one_keypoint_inf")
+
+
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+def test_non_finite_results_are_refused(ann_file, preds, tmp_path, case):
+    # Before the check, pycocotools scored these: AP 1.0 for all-NaN keypoints,
+    # 0.91 for half of them, and a NaN score changed the AP.
+    from keras_dpn.evaluation import NonFinitePredictionError
+    bad, hit = _poisoned(preds, case)
+    ids = list(dict.fromkeys(bad[i]["image_id"] for i in hit))
+    ev = COCOEvaluator(ann_file, output_dir=tmp_path)
+    pattern = rf"^{len(hit)} of 73 results hold NaN or infinite values on image id\(s\) " + \
+        ", ".join(str(i) for i in ids) + r"\."
+    with pytest.raises(NonFinitePredictionError, match=pattern):
+        ev.evaluate_results(bad)
+    assert not (tmp_path / "keypoints_results.json").exists()  # nothing written
+    # The per-batch path (rescoring and OKS-NMS first) refuses them as they arrive.
+    with pytest.raises(ValueError, match=rf"^{len(hit)} of 73 predictions given to COCOEvaluator"):
+        ev.add_results(bad)
+    assert len(ev) == 0
+    # Predictions stored before a bad batch stay; the bad batch is not added.
+    ev.add_results(preds[:10])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ev.update([bad[hit[0]]["image_id"]],
+                  np.array(bad[hit[0]]["keypoints"], np.float64).reshape(1, 17, 3),
+                  [bad[hit[0]]["center"]], [bad[hit[0]]["scale"]], [bad[hit[0]]["score"]])
+    assert len(ev) == 10
+
+
+def test_non_finite_center_or_scale_is_refused(ann_file, preds):
+    ev = COCOEvaluator(ann_file)
+    kp = np.array(preds[0]["keypoints"]).reshape(1, 17, 3)
+    with pytest.raises(ValueError, match=r"on image id\(s\) 42\..*non-finite scales"):
+        ev.update([42], kp, [[10.0, 10.0]], [[np.inf, 5.0]], [1.0])
+
+
+def test_results_json_is_valid_json(ann_file, preds, tmp_path):
+    # Bare NaN is not JSON: a stray NaN in any field fails instead of writing one.
+    ev = COCOEvaluator(ann_file, output_dir=tmp_path)
+    ev.evaluate_results(preds[:5])
+    good = (tmp_path / "keypoints_results.json").read_text()
+    json.loads(good)
+    bad = copy.deepcopy(preds[:5])
+    bad[0]["center"] = [float("nan"), 1.0]
+    with pytest.raises(ValueError, match="JSON compliant"):
+        ev.evaluate_results(bad)
+    assert (tmp_path / "keypoints_results.json").read_text() == good
+
+
+def test_postprocess_groups_by_image_in_first_seen_order(ann_file, preds):
+    # Grouping with one sort (not one scan per image) keeps the same output.
+    ev = COCOEvaluator(ann_file, rescore=False, nms_threshold=None)
+    shuffled = [preds[i] for i in np.random.default_rng(0).permutation(len(preds))]
+    ev.add_results(shuffled)
+    out = ev.postprocess()
+    first_seen = list(dict.fromkeys(p["image_id"] for p in shuffled))
+    expected = [p for image_id in first_seen for p in shuffled if p["image_id"] == image_id]
+    assert [(r["image_id"], r["score"], r["keypoints"]) for r in out] == \
+        [(p["image_id"], p["score"], p["keypoints"]) for p in expected]
+
+
+def test_subset_of_images_equals_pycocotools_img_ids(ann_file, preds):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    subset = [p for p in preds if p["image_id"] in (785, 40083)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        ref = COCOeval(gt, gt.loadRes(copy.deepcopy(subset)), "keypoints")
+        ref.params.imgIds = [785, 40083]
+        ref.evaluate()
+        ref.accumulate()
+        ref.summarize()
+    ev = COCOEvaluator(ann_file)
+    got = ev.evaluate_results(subset, image_ids=[40083, 785, 785])
+    assert [got[k] for k in METRIC_NAMES] == ref.stats.tolist()
+    # On every image, the two images left out count their people as missed.
+    assert ev.evaluate_results(subset)["AR"] < got["AR"]
+    with pytest.raises(ValueError, match="image_ids"):
+        ev.evaluate_results(subset, image_ids=[785, 123456789])
+
+
+@pytest.mark.parametrize("vis_threshold", [None, 0.2])
+def test_oks_nms_equals_the_greedy_loop(vis_threshold):
+    # The reference's loop (one oks_iou per kept pose) against the pairwise-matrix pass.
+    def loop_nms(kp, scores, areas, threshold):
+        order, keep = np.argsort(-scores, kind="stable"), []
+        while order.size:
+            i, rest = order[0], order[1:]
+            keep.append(int(i))
+            ovr = oks_iou(kp[i], kp[rest], areas[i], areas[rest], COCO_17.sigmas, vis_threshold)
+            order = rest[ovr <= threshold]
+        return keep
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        people = rng.uniform(50, 500, (rng.integers(1, 6), 17, 2))
+        boxes = people[rng.integers(0, len(people), rng.integers(1, 40))]
+        kp = np.concatenate([boxes + rng.normal(0, rng.choice([0.5, 3.0, 15.0]), boxes.shape),
+                             rng.uniform(0, 1, boxes.shape[:2] + (1,))], axis=-1)
+        scores = rng.uniform(0, 1, len(kp))
+        scores[rng.integers(0, len(kp))] = scores[0]  # a tie
+        areas = rng.uniform(2e3, 3e4, len(kp))
+        for threshold in (0.3, 0.9, 1.0):
+            assert oks_nms(kp, scores, areas, threshold, vis_threshold=vis_threshold) == \
+                loop_nms(kp, scores, areas, threshold), (trial, threshold)

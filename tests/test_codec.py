@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_dpn import transforms as T
 from keras_dpn.codec import HeatmapCodec, flip_back, merge_flip
-from keras_dpn.keypoints import COCO_17
+from keras_dpn.keypoints import COCO_17, MPII_16
 
 
 def reference_generate_target(joints, joints_vis, image_size_wh, heatmap_size_wh, sigma):
@@ -173,20 +173,61 @@ def test_flip_back_matches_reference():
     np.testing.assert_allclose(merged, (hm + ref) / 2)
 
 
-def test_flip_test_recovers_joint():
-    """A crop and its mirror, encoded and flipped back, peak at the same place."""
-    codec = HeatmapCodec()
-    kp = np.array([[60.0, 100.0]] * 17)
-    kp[1] = [40.0, 50.0]
-    hm, _ = codec.encode(kp, np.ones(17))
-    # Mirror the input: x -> 191 - x, left/right swapped.
-    kp_f = kp[COCO_17.flip_index].copy()
-    kp_f[:, 0] = 191 - kp_f[:, 0]
-    hm_f, _ = codec.encode(kp_f, np.ones(17))
-    back = flip_back(hm_f[None], COCO_17.flip_index)
-    c0, _ = codec.decode(hm[None])
-    c1, _ = codec.decode(back)
-    assert np.abs(c0 - c1).max() <= 1.0
+def _partners_by_name(names):
+    """Left/right partner of every joint from its name alone (left_x / right_x, l_x / r_x)."""
+    def other(name):
+        for a, b in (("left_", "right_"), ("l_", "r_"), ("right_", "left_"), ("r_", "l_")):
+            if name.startswith(a):
+                return b + name[len(a):]
+        return name
+    return [names.index(other(n)) for n in names]
+
+
+def _flip_mismatches(spec, flip_index, shift=True, tensor=False):
+    """Joints whose flipped-back heatmap peak is not where the unflipped one is.
+
+    Every joint sits on its own heatmap pixel (x = 4u, so the Gaussian peaks
+    exactly at u). The mirrored crop is built from the joint *names* (its
+    joint j is the partner of j, at x -> W - 1 - x), never from the spec's
+    flip pairs, so a wrong pair in the spec moves a peak. The mirror puts
+    the peak at 48 - u, mirroring back gives u - 1, and only the reference's
+    one-pixel shift to the right returns it to u: no shift, or a shift the
+    other way, moves every peak.
+    """
+    codec = HeatmapCodec((256, 192), (64, 48))
+    k = spec.num_keypoints
+    u = 3 + (np.arange(k) * 7) % 42        # distinct columns in 3..44
+    v = 4 + np.arange(k) * 3               # distinct rows
+    kp = np.stack([4.0 * u, 4.0 * v], 1)
+    partner = _partners_by_name(spec.names)
+    kp_mirror = kp[partner].copy()
+    kp_mirror[:, 0] = 191 - kp_mirror[:, 0]
+    hm, _ = codec.encode(kp, np.ones(k))
+    hm_mirror, _ = codec.encode(kp_mirror, np.ones(k))
+    x = tf.constant(hm_mirror[None]) if tensor else hm_mirror[None]
+    back = np.asarray(flip_back(x, flip_index, shift=shift))[0]
+    merged = np.asarray(merge_flip(hm[None], hm_mirror[None], flip_index, shift=shift))[0]
+    wrong = []
+    for j in range(k):
+        peak = np.unravel_index(np.argmax(back[..., j]), back.shape[:2])
+        # Averaged with the unflipped heatmap (the flip test) the two peaks coincide: 1.0.
+        if peak != (v[j], u[j]) or merged[v[j], u[j], j] != 1.0:
+            wrong.append(spec.names[j])
+    return wrong
+
+
+@pytest.mark.parametrize("spec", [COCO_17, MPII_16], ids=lambda s: s.name)
+def test_flip_back_returns_every_joint_to_its_pixel(spec):
+    assert _flip_mismatches(spec, spec.flip_index) == []
+    assert _flip_mismatches(spec, spec.flip_index, tensor=True) == []
+    # The check can fail: a pair table with one wrong pair, and a missing or
+    # reversed shift, move peaks.
+    a, b = spec.flip_pairs[0]
+    c, d = spec.flip_pairs[1]
+    wrong_pair = list(spec.flip_index)
+    wrong_pair[a], wrong_pair[b], wrong_pair[c], wrong_pair[d] = c, d, a, b
+    assert set(_flip_mismatches(spec, wrong_pair)) == {spec.names[i] for i in (a, b, c, d)}
+    assert len(_flip_mismatches(spec, spec.flip_index, shift=False)) == spec.num_keypoints
 
 
 def test_bad_arguments():

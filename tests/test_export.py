@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 import deploy_helpers as dh
-from keras_dpn import export
+from keras_dpn import calibration, cli, export
 from keras_dpn.codec import HeatmapCodec
+from keras_dpn.models import MODELS
+from keras_dpn.transforms import normalize_image
 
 
 @pytest.fixture(scope="module")
 def keras_heatmaps(exported):
     model, _, crops = exported
-    return np.asarray(model(export.normalize_numpy(crops), training=False))
+    return np.asarray(model(normalize_image(crops), training=False))
 
 
 def _tflite_run(path, x):
@@ -88,14 +90,15 @@ def test_fixed_batch_keeps_dilated_conv_native(tmp_path, batch_size):
 
 def test_float_parity_on_real_crops(exported, keras_heatmaps):
     _, folder, crops = exported
-    x = export.normalize_numpy(crops)
+    x = normalize_image(crops)
     diffs = {}
     diffs["tflite_fp32"] = np.abs(_tflite_run(os.path.join(folder, "model_fp32.tflite"), x)
                                   - keras_heatmaps).max()
     import onnxruntime as ort
     sess = ort.InferenceSession(os.path.join(folder, "model.onnx"),
                                 providers=["CPUExecutionProvider"])
-    assert sess.get_inputs()[0].name == "image"
+    assert sess.get_inputs()[0].name == "image" and sess.get_outputs()[0].name == "heatmaps"
+    assert sess.get_inputs()[0].shape[0] not in (1, None)  # a named dynamic batch
     diffs["onnx"] = np.abs(sess.run(None, {"image": x})[0] - keras_heatmaps).max()
     import tensorflow as tf
     loaded = tf.saved_model.load(os.path.join(folder, "saved_model"))
@@ -176,16 +179,64 @@ def test_failure_leaves_nothing(exported, tmp_path, monkeypatch):
 
 
 def test_bad_arguments(exported, tmp_path):
-    model, _, _ = exported
+    model, _, crops = exported
     with pytest.raises(ValueError, match="formats"):
         export.export_model(model, tmp_path / "a", formats=("tflite_int4",))
     with pytest.raises(ValueError, match="16"):
         export.export_model(model, tmp_path / "b", keypoints="mpii")
+    with pytest.raises(ValueError, match="opset=13"):
+        export.export_model(model, tmp_path / "c", formats=("onnx",), opset=13)
+    with pytest.raises(ValueError, match=r"representative_data with shape \(8, 64, 48, 3\)"):
+        export.export_model(model, tmp_path / "d", formats=("tflite_int8",),
+                            representative_data=crops[:, ::2, ::2])
     with pytest.raises(ValueError, match="opset"):
-        export.write_onnx(model, tmp_path / "c.onnx", opset=13)
+        export.write_onnx(model, tmp_path / "e.onnx", opset=13)
     with pytest.raises(ValueError, match="representative"):
         export.convert_tflite(tmp_path, "int8", representative_data=None)
-    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_onto_a_regular_file_fails_and_leaves_it(exported, tmp_path):
+    model, _, _ = exported
+    target = tmp_path / "dpn"
+    target.write_text("my notes")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not a folder"):
+            export.export_model(model, target, formats=("onnx",), overwrite=overwrite,
+                                verbose=False)
+    assert os.listdir(tmp_path) == ["dpn"] and target.read_text() == "my notes"
+
+
+def test_writers_table_covers_every_format():
+    assert set(export.WRITERS) == set(export.FORMATS) | {"tflite_qat", "tflite_pruned"}
+    assert set(export.WRITERS) == set(export.FILE_NAMES)
+
+
+def test_default_calibration_ships_with_the_package():
+    crops = calibration.default_crops((128, 96))
+    assert crops.shape == (64, 128, 96, 3) and crops.dtype == np.uint8
+    # The shipped mosaic holds the first 64 people (>= 5 keypoints) of the COCO
+    # sample, as `keras_dpn/assets/README.md` says (JPEG quality 90).
+    source, _ = calibration.person_crops(dh.ANNOTATIONS, calibration.MOSAIC_CROP,
+                                         max_people=64, min_keypoints=5)
+    shipped = calibration.read_crop_mosaic()
+    assert shipped.shape == source.shape
+    assert np.abs(shipped.astype(float) - source).mean() < 3.0
+    data = calibration.calibration_data(None, (128, 96), max_crops=5)
+    np.testing.assert_allclose(data, normalize_image(crops[:5]), atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        calibration.calibration_data(crops, (64, 48))
+
+
+@pytest.mark.parametrize("argv", [["Trainer"], ["dpn4_32"], ["DPN"], ["__init__"],
+                                  ["no_such.keras"], ["DPN1_32", "--input-size", "100", "96"]])
+def test_cli_bad_model_is_one_line(argv, tmp_path, capsys):
+    code = cli.main(["export", *argv, "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("keras-dpn export: error: ")
+    if argv[0] in ("Trainer", "dpn4_32", "DPN", "__init__"):
+        assert all(name in err for name in MODELS) and f"model={argv[0]!r}" in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_dpn4_32_full_size_tflite_parity(tmp_path):
@@ -195,29 +246,28 @@ def test_dpn4_32_full_size_tflite_parity(tmp_path):
     import keras_dpn
     keras.utils.set_random_seed(2)
     model = keras_dpn.DPN4_32()
-    crops, _ = export.sample_crops((256, 192), 2)
-    x = export.normalize_numpy(crops)
+    crops, _ = calibration.person_crops(dh.ANNOTATIONS, (256, 192), max_people=2)
+    x = normalize_image(crops)
     dh.scale_head_to_unit_peak(model, x)
-    # The steps of export_model's TFLite path, without its other files.
-    export.write_saved_model(model, tmp_path / "sm", batch_size=1, keypoints_signature=False)
-    content = export.convert_tflite(tmp_path / "sm", "fp32")
+    # export_model's TFLite writer, without its other files.
+    export.write_tflite(model, tmp_path / "m.tflite", "fp32")
+    content = (tmp_path / "m.tflite").read_bytes()
     assert not set(export.tflite_ops(content)) & set(export.FORBIDDEN_TFLITE_OPS)
-    (tmp_path / "m.tflite").write_bytes(content)
     diff = np.abs(_tflite_run(tmp_path / "m.tflite", x) - np.asarray(model(x))).max()
     assert diff <= 1e-4, diff
 
 
 @pytest.mark.slow
-def test_quantized_keypoint_error_trained(tmp_path):
+def test_quantized_keypoint_error_trained(tmp_path, trained_tiny):
     """fp16 / int8 against Keras on a briefly trained model (numbers in README.md, Deployment)."""
-    model, _ = dh.trained_tiny_dpn()
+    model, _ = trained_tiny
     crops, _, _, kps = dh.sample_training_set()
     files = export.export_model(model, tmp_path / "q", representative_data=crops,
                                 formats=("tflite_fp32", "tflite_fp16", "tflite_int8_dynamic",
                                          "tflite_int8"), verbose=False)
     from keras_dpn.inference import PoseEstimator
     crops = crops[:dh.TRAIN_PEOPLE]  # where the model has learned peaks
-    x = export.normalize_numpy(crops)
+    x = normalize_image(crops)
     codec = HeatmapCodec((128, 96), (32, 24))
     ref = codec.decode(np.asarray(model.predict(x, verbose=0)))[0] * 4
     errors = {}

@@ -72,25 +72,42 @@ def test_keypoints_in_image_coordinates(exported, reference):
 def test_whole_image_default_and_flip_test(exported):
     model, _, _ = exported
     image = read_image(IMAGE)
-    people = PoseEstimator(model).predict(image)
+    with pytest.warns(UserWarning, match="whole image is used as one person box"):
+        people = PoseEstimator(model).predict(image)
     assert len(people) == 1
     np.testing.assert_allclose(people[0]["box"], [0, 0, image.shape[1], image.shape[0]])
-    flipped = PoseEstimator(model, flip_test=True).predict(image)
+    with pytest.warns(UserWarning, match="whole image"):
+        flipped = PoseEstimator(model, flip_test=True).predict(image)
     assert flipped[0]["keypoints"].shape == (17, 3)
     assert not np.allclose(flipped[0]["keypoints"], people[0]["keypoints"])
 
 
-def test_flip_test_symmetry(exported):
-    """With flip test, a mirrored image gives mirrored (and side-swapped) heatmaps."""
+# The HRNet reference's COCO flip pairs (lib/dataset/coco.py), 0-based.
+HRNET_COCO_FLIP_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+
+
+def reference_flip_test(model, x):
+    """The HRNet reference's flip test (lib/core/function.py), NCHW, transcribed."""
+    out = np.transpose(np.asarray(model(x)), (0, 3, 1, 2))
+    flipped = np.transpose(np.asarray(model(np.ascontiguousarray(x[:, :, ::-1]))),
+                           (0, 3, 1, 2))[:, :, :, ::-1].copy()
+    for a, b in HRNET_COCO_FLIP_PAIRS:
+        flipped[:, [a, b]] = flipped[:, [b, a]]
+    flipped[:, :, :, 1:] = flipped.copy()[:, :, :, :-1]
+    return np.transpose((out + flipped) * 0.5, (0, 2, 3, 1))
+
+
+def test_flip_test_matches_the_reference(exported):
+    """PoseEstimator's flip test: the reference's pair swap and one-pixel shift."""
+    from keras_dpn import transforms
     model, _, crops = exported
-    est = PoseEstimator(model, flip_test=True)
-    from keras_dpn import COCO_17
-    from keras_dpn.codec import flip_back
-    a = est.predict_heatmaps(crops[:2])
-    b = est.predict_heatmaps(np.ascontiguousarray(crops[:2, :, ::-1]))
-    # Flipping back twice undoes the one-pixel shift except at the border columns.
-    np.testing.assert_allclose(flip_back(b, COCO_17.flip_index)[:, :, 2:-2],
-                               a[:, :, 2:-2], atol=1e-3)
+    x = transforms.normalize_image(crops[:2]).astype(np.float32)
+    expected = reference_flip_test(model, x)
+    got = PoseEstimator(model, flip_test=True).predict_heatmaps(crops[:2])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Not the plain forward pass: the flipped half moves the heatmaps.
+    plain = PoseEstimator(model, flip_test=False).predict_heatmaps(crops[:2])
+    assert np.abs(got - plain).max() > 1e-3
 
 
 def test_tflite_batched_loop_and_int8(exported, reference):
@@ -115,6 +132,26 @@ def test_bad_images(exported, tmp_path):
         est.predict(np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(ValueError, match="RGB"):
         est.predict(np.zeros((10, 10, 5), np.uint8))
+    box = [[0, 0, 10, 10]]
+    nan_image = np.full((10, 10, 3), 0.5, np.float32)
+    nan_image[3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        est.predict(nan_image, box)
+    with pytest.raises(ValueError, match="16-bit images are not rescaled"):
+        est.predict(np.full((10, 10, 3), 4000, np.uint16), box)
+    with pytest.raises(ValueError, match=r"\[0, 1\] or \[0, 255\]"):
+        est.predict(np.full((10, 10, 3), 300.0), box)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        est.predict(np.full((10, 10, 3), -1, np.int32), box)
+
+
+def test_read_image_conversions():
+    ramp = np.linspace(0, 1, 12, dtype=np.float32).reshape(2, 2, 3)
+    np.testing.assert_array_equal(read_image(ramp), np.rint(ramp * 255).astype(np.uint8))
+    np.testing.assert_array_equal(read_image(ramp * 255), read_image(ramp))
+    ints = np.arange(12, dtype=np.int64).reshape(2, 2, 3) * 20
+    np.testing.assert_array_equal(read_image(ints), ints.astype(np.uint8))
+    assert read_image(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
 
 
 def test_bad_boxes(exported):
@@ -132,6 +169,17 @@ def test_bad_boxes(exported):
     # Partly outside is fine: clipped.
     people = est.predict(image, [[-10, -10, 60, 60]])
     np.testing.assert_allclose(people[0]["box"], [0, 0, 50, 50])
+    # Nobody, NaN and infinite boxes and scores.
+    assert est.predict(image, []) == []
+    assert est.predict(image, np.zeros((0, 4))) == []
+    with pytest.raises(ValueError, match="not finite"):
+        est.predict(image, [[10, 10, np.inf, 20]])
+    with pytest.raises(ValueError, match="`box_scores` must be finite"):
+        est.predict(image, [[10, 10, 20, 20]], [np.nan])
+    with pytest.raises(ValueError, match="one score per box"):
+        est.predict(image, [[10, 10, 20, 20]], [0.5, 0.5])
+    with pytest.raises(ValueError, match="belong to `boxes`"):
+        est.predict(image, None, [0.5])
 
 
 def test_bad_model_files(exported, tmp_path):

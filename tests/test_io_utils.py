@@ -55,3 +55,21 @@ def test_existing_directory_refused_then_replaced_whole(tmp_path):
         open(os.path.join(tmp, "new.txt"), "w").write("new")
     assert sorted(os.listdir(out)) == ["new.txt"]
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_directory_onto_a_regular_file_fails_and_leaves_nothing(tmp_path, overwrite):
+    # Found by exporting onto a file: the file used to be renamed to a hidden
+    # `.NAME.old-*` copy and left there.
+    target = tmp_path / "export"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match="not a folder.*Received: "):
+        with io_utils.atomic_directory(target, overwrite=overwrite):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert target.read_text() == "not a folder"
+    # A file where a parent folder should be: a one-line ValueError too.
+    with pytest.raises(ValueError, match="a file stands in its path"):
+        with io_utils.atomic_directory(target / "sub" / "x"):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["export"]

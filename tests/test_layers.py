@@ -116,3 +116,20 @@ def test_dpm_mixed_precision_dtype():
     y = dpm(x_((1, 8, 8, 8)))
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     assert dpm.blocks[0].conv1.variable_dtype == "float32"
+
+
+def test_dpm_blocks_are_in_the_tensorflow_object_graph(tmp_path):
+    import tensorflow as tf
+
+    from keras_dpn import weights as weights_lib
+    model = keras.Sequential([keras.Input((8, 8, 16)),
+                              DilationPyramidModule(4, num_blocks=3, name="dpm")])
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+    # Every variable, BN moving statistics of the blocks included.
+    assert len(saved) == len(model.weights) == 3 * (3 + 3 * 4)
+    # Keras' own layout is the one of earlier releases (blocks under `blocks/`),
+    # so .weights.h5 / .keras files written before still load.
+    layout = weights_lib.model_layout(model)
+    assert len(layout) == len(model.weights)
+    assert all("/blocks/bottleneck" in key for key in layout), sorted(layout)[:3]

@@ -76,11 +76,17 @@ def test_bad_inputs(gt, pred_dir, tmp_path):
         mpii.load_predictions(tmp_path / "missing.h5")
     with pytest.raises(ValueError, match="Received: path="):
         mpii.load_ground_truth(tmp_path / "missing.mat")
-    # NaN predictions count as misses, not as errors.
+    # Non-finite predictions are an error naming the rows (they used to count as
+    # misses, which gave a diverged model a score).
+    from keras_dpn.evaluation import NonFinitePredictionError
     nan = preds.copy()
-    nan[:, 9] = np.nan
-    res = mpii.pckh(nan, gt, one_based=True)
-    assert res.per_joint[0.5][9] == 0.0
+    nan[[3, 70], 9] = np.nan
+    nan[100, 2, 1] = np.inf
+    with pytest.raises(NonFinitePredictionError,
+                       match=r"^3 of 2958 MPII predictions .* ground-truth row\(s\) 3, 70, 100\."):
+        mpii.pckh(nan, gt, one_based=True)
+    with pytest.raises(ValueError, match=r"1 of 2 MPII .* row\(s\) 70\."):
+        mpii.pckh(nan[[4, 70]], gt, indices=[4, 70])  # a part of the split: rows named
 
 
 def test_cli_prints_table(test_data_dir, pred_dir, capsys):
@@ -141,3 +147,30 @@ def test_mpii_callback_logs_pckh(gt, test_data_dir, mpii_sample_shards, tmp_path
     assert (tmp_path / "best.weights.h5").exists()
     saved = mpii.load_predictions(tmp_path / "pred_valid.mat")
     assert saved.shape == (5, 16, 2)
+
+
+def test_mpii_callback_stops_training_on_non_finite_predictions(test_data_dir, tmp_path):
+    import keras
+    import tensorflow as tf
+    from keras_dpn.callbacks import MPIIEvaluationCallback
+    from keras_dpn.losses import JointsMSE
+    from keras_dpn.training import TrainingDivergedError
+    n = 4
+    images = np.zeros((n, 64, 64, 3), "float32")
+    meta = {"image_id": np.array([11, 12, 13, 14], np.int64), "person_id": np.arange(n),
+            "center": np.full((n, 2), 32.0, "float32"), "scale": np.full((n, 2), 64.0, "float32"),
+            "score": np.ones(n, "float32")}
+    val = tf.data.Dataset.from_tensor_slices((images, meta)).batch(n)
+    train = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros((n, 16, 16, 16), "float32"), np.ones((n, 16), "float32"))).batch(n)
+    inputs = keras.Input((64, 64, 3))
+    nan = keras.initializers.Constant(float("nan"))
+    model = keras.Model(inputs, keras.layers.Conv2D(16, 4, strides=4, kernel_initializer=nan)(inputs))
+    model.compile(optimizer="adam", loss=JointsMSE())
+    cb = MPIIEvaluationCallback(val, test_data_dir / "mpii" / "gt_valid.mat",
+                                output_dir=tmp_path, verbose=0)
+    with pytest.raises(TrainingDivergedError,
+                       match=r"after epoch 1 .* 4 of 4 predictions of batch 1 .* "
+                             r"image id\(s\) 11, 12, 13, 14\."):
+        model.fit(train, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    assert cb.result is None and not (tmp_path / "pred_valid.mat").exists()

@@ -30,6 +30,30 @@ def test_cli_validates_arguments(tmp_path, capsys):
     assert "tensorflow_model_optimization" not in sys.modules
 
 
+def test_plan_refuses_a_model_that_is_not_one_path():
+    # The rebuild reads the layers in order; a branch would be dropped silently.
+    import keras
+
+    from keras_dpn import qat
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 1, name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, name="b")(inputs)
+    model = keras.Model(inputs, keras.layers.Add(name="sum")([a, b]))
+    with pytest.raises(ValueError, match="layer 'b' does not take the previous"):
+        qat._plan(model)
+
+
+def test_plan_expands_every_dpm_block():
+    import keras_dpn
+    from keras_dpn import qat
+    steps = qat._plan(keras_dpn.DPN2_32(input_shape=(64, 48, 3)))
+    convs = [cfg["name"] for kind, cfg, _ in steps if kind == "conv"]
+    # stem, 3 + 1 projection in conv1, conv2_0, 2 DPMs x 6 blocks x 3, head.
+    assert len(convs) == 1 + 3 * 3 + 1 + 1 + 2 * 6 * 3 + 1
+    assert [c for c in convs if c.startswith("dpm2_")][:3] == [
+        "dpm2_block1_d32_conv1", "dpm2_block1_d32_conv2", "dpm2_block1_d32_conv3"]
+
+
 def test_run_subprocess_rejects_mode():
     from keras_dpn import qat
     with pytest.raises(ValueError, match="mode"):
@@ -37,19 +61,20 @@ def test_run_subprocess_rejects_mode():
 
 
 @pytest.mark.slow
-def test_qat_and_pruning_trained(tmp_path):
+def test_qat_and_pruning_trained(tmp_path, trained_tiny):
     """Keypoint error of QAT / pruned int8 against Keras on a briefly trained model."""
     from keras_dpn import export
     from keras_dpn.codec import HeatmapCodec
     from keras_dpn.inference import PoseEstimator
-    model, _ = dh.trained_tiny_dpn()
+    from keras_dpn.transforms import normalize_image
+    model, _ = trained_tiny
     crops, _, _, _ = dh.sample_training_set()
     files = export.export_model(model, tmp_path / "q", formats=("tflite_int8",),
                                 representative_data=crops, qat=True, prune=True,
                                 qat_kwargs=dict(epochs=3), verbose=False)
     crops = crops[:dh.TRAIN_PEOPLE]  # where the model has learned peaks
     codec = HeatmapCodec((128, 96), (32, 24))
-    ref = codec.decode(np.asarray(model.predict(export.normalize_numpy(crops), verbose=0)))[0] * 4
+    ref = codec.decode(np.asarray(model.predict(normalize_image(crops), verbose=0)))[0] * 4
     errors = {}
     for fmt in ("tflite_int8", "tflite_qat", "tflite_pruned"):
         content = open(files[fmt], "rb").read()

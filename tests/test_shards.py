@@ -82,6 +82,131 @@ def test_killed_build_leaves_nothing_that_looks_complete(tmp_path, sample_dir, m
         data.build_dataset(str(tmp_path / "k-*.tfrecord"))
 
 
+def test_rebuild_removes_what_an_interrupted_build_left(tmp_path, sample_dir, caplog):
+    """A rebuild never mixes with an earlier build: unfinished .partial files, shards
+    without a manifest and shards of another count go; other prefixes stay."""
+    ann = sample_dir / "coco/annotations/person_keypoints_sample.json"
+    build = lambda n: data.build_coco_shards(ann, sample_dir / "coco/images",  # noqa: E731
+                                             str(tmp_path / "c"), n, num_workers=1,
+                                             progress=False, verbose=False)
+    build(3)
+    os.remove(tmp_path / "c-manifest.json")  # killed before the manifest
+    left = [".c-00001-of-00003.partial-ab_9xyz0.tfrecord", ".c-manifest.partial-k2j4h6g8.json"]
+    keep = ["c2-00000-of-00001.tfrecord", "other-00000-of-00003.tfrecord", "c-notes.txt"]
+    for name in left + keep:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(os.path.basename(p) for p in shards_lib.build_leftovers(str(tmp_path / "c"))) \
+        == sorted(left + [f"c-0000{i}-of-00003.tfrecord" for i in range(3)])
+    with caplog.at_level("WARNING", logger="keras_dpn.data"):
+        manifest = build(2)
+    assert "Removed 5 file(s) that an interrupted build" in caplog.text
+    assert "(2 unfinished .partial)" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        keep + ["c-00000-of-00002.tfrecord", "c-00001-of-00002.tfrecord", "c-manifest.json"])
+    ds = data.build_dataset(str(tmp_path / "c-*.tfrecord"), training=False, batch_size=200)
+    assert sum(int(b[0].shape[0]) for b in ds) == manifest["people"] == 124
+    # Replacing a finished build is no news.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keras_dpn.data"):
+        build(2)
+    assert "interrupted" not in caplog.text
+
+
+def _descendants(pid):
+    """Process ids below ``pid`` (Linux /proc)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
+@pytest.mark.parametrize("victim", ["parent", "writer"])
+def test_killed_parallel_build_takes_its_workers_along(tmp_path, sample_dir, victim):
+    """SIGKILL a `--num-workers 2` build (or one of its writers) while the writers write:
+    within seconds no process of the build is left (a killed writer fails the build with
+    one line instead of hanging it), and a rerun writes a complete set that does not mix
+    with what the killed build had finished."""
+    import signal
+    import time
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sample = json.load(open(sample_dir / "coco/annotations/person_keypoints_sample.json"))
+    images, anns = [], []
+    for r in range(6):  # 312 images: each worker spends seconds writing
+        images += [dict(im, id=im["id"] * 10 + r) for im in sample["images"]]
+        anns += [dict(a, id=a["id"] * 10 + r, image_id=a["image_id"] * 10 + r)
+                 for a in sample["annotations"]]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(dict(sample, images=images, annotations=anns)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    build = subprocess.Popen(
+        [sys.executable, "tfrecords/build_coco.py", "--annotations", str(ann), "--images",
+         str(sample_dir / "coco/images"), "--output", str(out / "c"), "--num-shards", "8",
+         "--num-workers", "2", "--no-progress"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = set()
+    try:
+        deadline = time.monotonic() + 600
+        while not any(".partial-" in n for n in os.listdir(out)):
+            assert build.poll() is None and time.monotonic() < deadline, "no shard was started"
+            time.sleep(0.02)
+        workers = _descendants(build.pid)
+        writers = [p for p in workers if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(writers) >= 2
+        if victim == "parent":
+            build.kill()
+            build.wait()
+        else:
+            os.kill(max(writers), signal.SIGKILL)  # the last started: a writer
+            err = build.communicate(timeout=60)[1]  # the old pool waited forever
+            assert build.returncode == 2
+            assert err.strip().splitlines()[-1].startswith(
+                f"error: A shard writer process died while writing {out / 'c'}; no manifest")
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = sorted(p for p in workers if _alive(p))
+        assert not survivors, f"processes of the killed build still run: {survivors}"
+        names = os.listdir(out)
+        assert "c-manifest.json" not in names
+        # A writer removes its unfinished shard when it stops (one killed cannot).
+        assert len([n for n in names if ".partial-" in n]) <= (victim == "writer"), names
+    finally:
+        if build.poll() is None:
+            build.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+    manifest = data.build_coco_shards(ann, sample_dir / "coco/images", str(out / "c"), 4,
+                                      num_workers=1, progress=False, verbose=False)
+    assert sorted(os.listdir(out)) == [f"c-0000{i}-of-00004.tfrecord" for i in range(4)] + \
+        ["c-manifest.json"]
+    report = data.check_shards(str(out / "c-*.tfrecord"), dataset="coco", progress=False,
+                               decode_images=False)
+    assert report == {"records": 312, "people": 6 * 124, "problems": []}
+    assert manifest["people"] == 6 * 124
+
+
 def test_num_shards_and_workers_validated(tmp_path, sample_dir):
     args = (sample_dir / "mpii/valid_sample.json", sample_dir / "mpii/images", str(tmp_path / "m"))
     with pytest.raises(ValueError, match="num_shards=6"):
@@ -151,3 +276,30 @@ def test_shared_real_subsets(tmp_path, subset, people, crowd):
     ds = data.build_dataset(str(tmp_path / f"{subset}-*.tfrecord"), batch_size=8, seed=0)
     images, heatmaps, weights = next(iter(ds))
     assert heatmaps.shape == (8, 64, 48, 17)
+
+
+def test_coco_scale_simulation_has_the_requested_size(tmp_path, sample_dir):
+    """benchmarks/coco_scale.py's COCO-sized files, at 1/200 of the size: the counts
+    asked for, every people-carrying image a copy of a sample image, readable by the
+    builder's reader."""
+    sys.path.insert(0, str(sample_dir.parent / "benchmarks"))
+    try:
+        import coco_scale
+    finally:
+        sys.path.pop(0)
+    ann = tmp_path / "train.json"
+    images, people, mapping = coco_scale.make_annotations(str(ann), 592, 750)
+    assert images == 592 and 750 <= people < 750 + 10  # whole sample images are added
+    entries, _ = data.read_coco(ann, sample_dir / "coco/images")
+    assert len(entries) == 592 and sum(len(e["people"]) for e in entries) == people
+    assert {e["image_id"] for e in entries} == set(range(1, 593))
+    assert all(os.path.isfile(e["path"]) for e in entries)
+    with_people = [i for i, e in enumerate(entries) if e["people"]]
+    assert 300 < len(with_people) < 330  # ~2.4 people per sample image
+    assert with_people[-1] > 550  # spread over the ids, not packed at the start
+    boxes = coco_scale.make_detections(str(tmp_path / "det.json"), mapping, str(ann), 521)
+    dets = json.load(open(tmp_path / "det.json"))
+    assert boxes == len(dets) == 521
+    per_image = np.bincount([d["image_id"] for d in dets])[1:]
+    assert per_image.min() >= 0 and per_image.max() - per_image.min() <= 1
+    assert all(d["bbox"][2] > 0 and d["bbox"][3] > 0 for d in dets)

@@ -182,14 +182,60 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, loop):
     # The model holds the good weights again, and so does the checkpoint.
     assert all(np.isfinite(w).all() for w in _weights(trainer.model))
     reader = tf.train.load_checkpoint(os.path.join(out, "checkpoints", "ckpt-2"))
+    # Model weights and optimizer state (trainable weights sit under the optimizer's path).
     for name in reader.get_variable_to_shape_map():
-        if name.startswith("weights/"):
+        if name.startswith(("model/", "optimizer/")) and name.endswith("VARIABLE_VALUE"):
             assert np.isfinite(reader.get_tensor(name)).all(), name
     rows = _history(out)
     assert [r["epoch"] for r in rows[:2]] == ["0", "1"]
     # model.fit still ends the epoch for other callbacks: the diverged epoch
     # may be logged, with its non-finite loss (a resume drops that row).
     assert all(not np.isfinite(float(r["loss"])) for r in rows[2:])
+
+
+def test_checkpoint_is_the_model_object_graph(tmp_path):
+    out = str(tmp_path)
+    trainer = _trainer(out, epochs=1, model_fn=lambda: _model(num_modules=2))
+    trainer.fit(_dataset())
+    path = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
+    names = [n for n, _ in tf.train.list_variables(path)]
+    # The DPM blocks are nodes of the model's graph (their BN statistics with them),
+    # not a flat list of weights.
+    assert any("/_block6/bn3/moving_variance/" in n for n in names)
+    assert not any(n.startswith("weights/") for n in names)
+    # The plain TF way reads every weight back into a fresh model.
+    model = _model(num_modules=2)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    for a, b in zip(model.weights, trainer.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_checkpoint_of_the_flat_list_layout_still_resumes(tmp_path):
+    """keras-dpn 0.1.0 checkpointed `model.weights` as a flat list; such runs resume."""
+    straight = _trainer(str(tmp_path / "straight"), epochs=2)
+    straight.fit(_dataset())
+
+    out = str(tmp_path / "old")
+    first = _trainer(out, epochs=1)
+    first.fit(_dataset())
+    ckpt_dir = os.path.join(out, "checkpoints")
+    for name in os.listdir(ckpt_dir):
+        if name.startswith("ckpt-") or name == "checkpoint":
+            os.remove(os.path.join(ckpt_dir, name))
+    legacy = tf.train.Checkpoint(weights=list(first.model.weights), optimizer=first.optimizer,
+                                 epoch=first._epoch_var, best=first._best_var)
+    tf.train.CheckpointManager(legacy, ckpt_dir, max_to_keep=3).save(checkpoint_number=1)
+    assert any(n.startswith("weights/") for n, _ in
+               tf.train.list_variables(tf.train.latest_checkpoint(ckpt_dir)))
+
+    resumed = _trainer(out, epochs=2)
+    assert resumed.fit(_dataset(), resume=True)["epoch"] == [1]
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    # The next checkpoint is written as the model's object graph.
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    assert latest.endswith("ckpt-2")
+    assert not any(n.startswith("weights/") for n, _ in tf.train.list_variables(latest))
 
 
 def test_best_checkpoint_and_refusals_leave_the_run_untouched(tmp_path):

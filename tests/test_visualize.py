@@ -47,6 +47,20 @@ def test_draw_skeleton_threshold_and_formats():
         visualize.draw_skeleton(np.zeros((0, 5, 3), np.uint8), _person())
 
 
+def test_draw_skeleton_labels():
+    image = np.zeros((100, 100, 3), np.uint8)
+    people = [dict(keypoints=_person())]
+    plain = visualize.draw_skeleton(image, people)
+    labelled = visualize.draw_skeleton(image, people, labels=["id 7"],
+                                       boxes=[[20, 40, 60, 50]])
+    # Light text just above the box, where the skeleton draws nothing light.
+    def light(image):
+        return int((image[26:40, 20:50] > 200).all(-1).sum())
+    assert light(labelled) > 5 and light(plain) == 0
+    with pytest.raises(ValueError, match="one entry per person"):
+        visualize.draw_skeleton(image, people, labels=["a", "b"])
+
+
 def test_draw_heatmaps_grid():
     crop = np.full((32, 24, 3), 128, np.uint8)
     hm = np.zeros((8, 6, 17), np.float32)

@@ -4,44 +4,22 @@ A ``http.server`` in a thread serves files made here; ``KERAS_HOME`` points at
 ``tmp_path`` so the cache folder can be inspected after every failure.
 """
 
-import functools
-import hashlib
-import http.server
+import json
 import os
 import shutil
-import socket
-import threading
 
 import keras
 import numpy as np
 import pytest
 
 import keras_dpn
+from download_helpers import closed_port as _closed_port
+from download_helpers import _isolated_always, isolated, serve, sha256  # noqa: F401
 from keras_dpn import weights as weights_lib
 
 SHAPE = (64, 48, 3)
 # Taken at import, before the autouse fixture swaps in an empty registry.
 SHIPPED = dict(weights_lib._REGISTRY)
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; ``/short/<file>`` announces the full length, sends half."""
-
-    def do_GET(self):
-        if self.path.startswith("/short/"):
-            path = os.path.join(self.directory, self.path[len("/short/"):])
-            data = open(path, "rb").read()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -65,25 +43,8 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(files):
-    handler = functools.partial(_Handler, directory=str(files["root"]))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Empty registry and a private Keras cache for every test."""
-    monkeypatch.setattr(weights_lib, "_REGISTRY", {})
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    return tmp_path / "keras_home" / "keras_dpn"
-
-
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with serve(files["root"]) as url:
+        yield url
 
 
 def cache_files(cache):
@@ -133,7 +94,8 @@ def test_coco_without_release_is_a_clear_error():
         keras_dpn.DPN4_32(weights="coco")
     message = str(info.value)
     assert "No release of `DPN4_32.coco` is registered" in message
-    assert "keras_dpn.weights.register(" in message
+    assert "keras_dpn.weights.register('DPN4_32', 'coco', url=" in message
+    assert "or of a preset" in message
     assert "Received: weights='coco'" in message
 
 
@@ -189,14 +151,6 @@ def test_download_dot_keras_file(files, server, isolated):
     model = keras_dpn.DPN1_32(input_shape=SHAPE, weights="k")
     np.testing.assert_array_equal(out(model, files["x"]), files["expected"])
     assert cache_files(isolated) == ["DPN1_32_k.keras"]
-
-
-def _closed_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @pytest.mark.parametrize("case", ["wrong_hash", "truncated_file", "short_read", "unreachable"])
@@ -262,3 +216,101 @@ def test_other_input_size_warns(files, server):
                          sha256=sha256(path), input_shape=(256, 192, 3), num_keypoints=17)
     with pytest.warns(UserWarning, match="trained at input_shape"):
         keras_dpn.DPN1_32(input_shape=SHAPE, weights="test")
+
+
+# -- builder arguments: what the shapes do not tell --------------------------------------
+
+
+def test_builders_record_their_arguments():
+    model = keras_dpn.get_model("DPN1_32", input_shape=SHAPE, dilation_schedule="reversed")
+    assert weights_lib.builder_config(model) == {
+        "variant": "DPN1_32",
+        "arguments": {"input_shape": [64, 48, 3], "num_keypoints": 17, "resolution": "medium",
+                      "dilation_schedule": "reversed", "num_blocks": 6, "kernel_size": 3}}
+    # The record is invisible to Keras: the weights file layout is the default one's.
+    assert weights_lib.model_layout(model) == weights_lib.model_layout(
+        keras_dpn.DPN1_32(input_shape=SHAPE))
+
+
+def test_builder_defaults_follow_the_family_builder():
+    assert weights_lib.builder_defaults("DPN4_64") == {
+        "resolution": "medium", "dilation_schedule": "pyramid", "num_blocks": 6,
+        "kernel_size": 3}
+    assert weights_lib.builder_defaults("DPN2_HRNet") == {"dilation_schedule": "pyramid"}
+    assert weights_lib.builder_defaults("HRNetW32") == {}
+
+
+def test_register_completes_and_checks_the_config():
+    entry = weights_lib.register("DPN4_64", "hi", url="http://127.0.0.1:1/w.weights.h5",
+                                 sha256="0" * 64, input_shape=(256, 192, 3), num_keypoints=17,
+                                 config={"resolution": "high"})
+    assert entry.config == {"resolution": "high", "dilation_schedule": "pyramid",
+                            "num_blocks": 6, "kernel_size": 3}
+    with pytest.raises(ValueError, match=r"HRNetW32 takes no architecture argument "
+                                         r"\['resolution'\].*Received: config="):
+        weights_lib.register("HRNetW32", "x", url="http://127.0.0.1:1/w.weights.h5",
+                             sha256="0" * 64, input_shape=(256, 192, 3), num_keypoints=17,
+                             config={"resolution": "high"})
+    with pytest.raises(ValueError, match=r"Unknown model name.*Received: arch='DPN9_32'"):
+        weights_lib.register("DPN9_32", "x", url="http://127.0.0.1:1/w.weights.h5",
+                             sha256="0" * 64, input_shape=(256, 192, 3), num_keypoints=17)
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """Weights of a resolution="high" DPN1_64 and of a reversed-schedule DPN1_32."""
+    root = tmp_path_factory.mktemp("variants")
+    keras.utils.set_random_seed(5)
+    x = np.random.default_rng(1).normal(size=(1,) + SHAPE).astype("float32")
+    high = keras_dpn.DPN1_64(input_shape=SHAPE, resolution="high")
+    high.save_weights(root / "high.weights.h5")
+    rev = keras_dpn.DPN1_32(input_shape=SHAPE, dilation_schedule="reversed")
+    rev.save_weights(root / "rev.weights.h5")
+    return dict(root=root, x=x, high=out(high, x), rev=out(rev, x))
+
+
+@pytest.mark.parametrize("arch,config,built,good", [
+    ("DPN1_64", {"resolution": "high"}, {}, {"resolution": "high"}),
+    ("DPN1_32", {"dilation_schedule": "reversed"}, {}, {"dilation_schedule": "reversed"}),
+    # An entry without a config records the defaults: a reversed model refuses it.
+    ("DPN1_32", None, {"dilation_schedule": "reversed"}, {}),
+])
+def test_weights_never_load_into_a_model_built_otherwise(arch, config, built, good, variants,
+                                                         isolated):
+    name = "high.weights.h5" if arch == "DPN1_64" else "rev.weights.h5"
+    path = variants["root"] / name
+    with serve(variants["root"]) as url:
+        weights_lib.register(arch, "t", url=f"{url}/{name}", sha256=sha256(path),
+                             input_shape=SHAPE, num_keypoints=17, config=config)
+        # Same shapes, so only the recorded arguments stop it; refused before any download.
+        with pytest.raises(ValueError, match=rf"trained with {arch}\(.*but the model is built "
+                                             r"with .*Received: weights='t'"):
+            keras_dpn.get_model(arch, input_shape=SHAPE, weights="t", **built)
+        assert cache_files(isolated) == []
+        model = keras_dpn.get_model(arch, input_shape=SHAPE, weights="t", **good)
+    if config is not None:
+        key = "high" if arch == "DPN1_64" else "rev"
+        np.testing.assert_array_equal(out(model, variants["x"]), variants[key])
+
+
+def test_load_registry_file(tmp_path):
+    entries = [dict(arch="DPN1_32", tag="a", url="http://127.0.0.1:1/a.tar.gz", sha256="1" * 64,
+                    input_shape=[64, 48, 3], num_keypoints=17, config={"num_blocks": 6}),
+               dict(arch="DPN1_32", tag="b", url="http://127.0.0.1:1/b.weights.h5",
+                    sha256="2" * 64, input_shape=[64, 48, 3], num_keypoints=16,
+                    keypoints="mpii")]
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(entries))
+    done = weights_lib.load_registry(path)
+    assert [e.key for e in done] == ["DPN1_32.a", "DPN1_32.b"]
+    assert weights_lib.get_entry("DPN1_32.a").is_archive
+    assert not weights_lib.get_entry("DPN1_32.b").is_archive
+    # A bad entry registers nothing, and the message names the file and the entry.
+    weights_lib.unregister("DPN1_32.a")
+    weights_lib.unregister("DPN1_32.b")
+    entries[1]["config"] = {"resolution": "ultra", "width": 3}
+    path.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"Entry 1 of the registry file is invalid.*width.*"
+                                         r"Received: path="):
+        weights_lib.load_registry(path)
+    assert weights_lib.list_entries() == []

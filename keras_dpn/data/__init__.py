@@ -3,7 +3,10 @@
 Modules: ``coco`` / ``mpii`` (annotation readers and checks), ``shards``
 (parallel, atomic shard writer with skip counts), ``decoder`` (record layout,
 ``tf.train.Example`` -> dict of tensors), ``parser`` (per-person train / eval
-transforms), ``pipeline`` (``build_dataset``, shard checks).
+transforms), ``pipeline`` (``build_dataset``, shard checks); those three need
+TensorFlow. ``crops`` (:class:`PersonCrops`) reads the annotation file and the
+images with OpenCV into a ``keras.utils.PyDataset``: training and evaluation
+on any Keras backend, without TensorFlow.
 
 Example:
 >>> from keras_dpn import data
@@ -13,10 +16,16 @@ Example:
 >>> images, heatmaps, target_weight = next(iter(ds))  # doctest: +SKIP
 """
 
+from keras_dpn import _optional
 from keras_dpn.data.coco import build_coco_shards, read_coco
-from keras_dpn.data.decoder import decode_example, make_example
+from keras_dpn.data.crops import PersonCrops
 from keras_dpn.data.mpii import build_mpii_shards, read_mpii
-from keras_dpn.data.parser import PersonParser
-from keras_dpn.data.pipeline import (build_dataset, check_shards, load_detections,
-                                     resolve_shards)
 from keras_dpn.data.shards import SkipCounter, format_report, write_shards
+
+# The tf.data half needs TensorFlow: imported on first use, so that the
+# readers and PersonCrops (numpy, any Keras backend) work without it.
+__getattr__, _LAZY = _optional.lazy_exports(__name__, {
+    "decoder": ("decode_example", "make_example"),
+    "parser": ("PersonParser",),
+    "pipeline": ("build_dataset", "check_shards", "load_detections", "resolve_shards"),
+})

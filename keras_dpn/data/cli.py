@@ -53,13 +53,14 @@ def _parser(kind):
 def main(kind, argv=None):
     args = _parser(kind).parse_args(argv)
     from keras_dpn import data
+    from keras_dpn.data.shards import WorkerDiedError
     build = data.build_coco_shards if kind == "coco" else data.build_mpii_shards
     try:
         spec = load_spec(args.dataset)
         build(args.annotations, args.images, args.output, args.num_shards, dataset=spec,
               num_workers=args.num_workers, keep_empty_images=not args.drop_empty_images,
               progress=not args.no_progress)
-    except ValueError as e:
+    except (ValueError, WorkerDiedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Shards: {os.path.abspath(args.output)}-*-of-{args.num_shards:05d}.tfrecord")

@@ -37,9 +37,8 @@ does (``center_y += 15 * s``, ``scale = s * 200 * 1.25`` pixels).
 import hashlib
 
 import numpy as np
-import tensorflow as tf
 
-RECORD_FORMAT = "keras_dpn.tfrecord.v1"
+from keras_dpn._optional import tf_data as tf
 
 
 def _bytes(values):
@@ -113,6 +112,57 @@ _FEATURES = {
     "person/center": tf.io.VarLenFeature(tf.float32),
     "person/scale": tf.io.VarLenFeature(tf.float32),
 }
+
+# What inspect_example finds wrong with a record that parses (index = code).
+RECORD_PROBLEMS = (
+    "",
+    "is not a keras_dpn record (image/id, image/height, image/width or image/num_keypoints "
+    "missing or repeated)",
+    "holds another keypoint count than the keypoint spec",
+    "has person fields of inconsistent lengths (bbox, keypoints, area, iscrowd, id, "
+    "center, scale)",
+)
+
+
+def inspect_example(serialized, num_keypoints=-1):
+    """Checks one serialized record against the layout without failing on what it finds.
+
+    A record that is not a ``tf.train.Example`` at all (or stores a key with
+    another type) still fails to parse; everything :func:`decode_example`
+    would trip over later is returned as a code instead, so that the reader
+    can name the shard and the record.
+
+    Args:
+        serialized: scalar string tensor.
+        num_keypoints: K the keypoint spec expects; -1 accepts any.
+
+    Returns:
+        ``(code, k)``: int32 index into :data:`RECORD_PROBLEMS` (0: fine) and
+        the record's int64 ``image/num_keypoints`` (-1 when absent).
+    """
+    # Not the image bytes: copying them would cost more than all the rest.
+    lenient = {key: tf.io.VarLenFeature(f.dtype) if isinstance(f, tf.io.FixedLenFeature) else f
+               for key, f in _FEATURES.items()
+               if key not in ("image/encoded", "image/filename", "image/sha256")}
+    p = tf.io.parse_single_example(serialized, lenient)
+    size = {key: tf.size(v.values) for key, v in p.items()}
+    scalars_ok = tf.reduce_all(tf.stack([
+        tf.equal(size[key], 1) for key in ("image/id", "image/height", "image/width",
+                                           "image/num_keypoints")]))
+    k = tf.reduce_max(tf.concat([p["image/num_keypoints"].values,
+                                 tf.constant([-1], tf.int64)], 0))
+    k_ok = (num_keypoints < 0) | tf.equal(k, num_keypoints)
+    people = size["person/bbox"] // 4
+    layout_ok = tf.reduce_all(tf.stack([
+        tf.equal(size["person/bbox"] % 4, 0),
+        tf.equal(tf.cast(size["person/keypoints"], tf.int64), tf.cast(people * 3, tf.int64) * k),
+        tf.equal(size["person/area"], people),
+        tf.equal(size["person/iscrowd"], people),
+        tf.equal(size["person/id"], people),
+        tf.equal(size["person/center"], size["person/scale"]),
+        tf.equal(size["person/center"], 0) | tf.equal(size["person/center"], 2 * people)]))
+    code = tf.where(~scalars_ok, 1, tf.where(~k_ok, 2, tf.where(~layout_ok, 3, 0)))
+    return tf.cast(code, tf.int32), k
 
 
 def decode_example(serialized, num_keypoints):

@@ -7,26 +7,45 @@ complete (``io_utils.atomic_path``); a ``PREFIX-manifest.json`` listing every
 shard with its record and people counts and byte size is written last, so a
 killed build leaves no manifest and the reader refuses an incomplete set.
 
+Writer processes die with the build: a worker that finds its parent gone
+(``PR_SET_PDEATHSIG`` on Linux, a watch on the parent's sentinel everywhere)
+removes its unfinished shard and exits instead of renaming it into the
+output folder. A rebuild into the same prefix first removes what an
+interrupted build left there (unfinished ``.partial`` files, shards without a
+manifest, shards of another ``-of-`` count), so two builds never mix.
+
 Images and annotations that cannot be used are skipped and counted by
 reason; :func:`format_report` prints the counts with examples.
 """
 
 import collections
-import hashlib
 import json
+import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue as queue_lib
 import re
+import signal
+import sys
+import threading
 import time
 
 import numpy as np
 
 from keras_dpn import io_utils
+from keras_dpn._optional import tf_data as tf
 from keras_dpn.keypoints import get_keypoint_spec
+
+logger = logging.getLogger("keras_dpn.data")
 
 SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<total>\d{5})\.tfrecord$")
 MANIFEST_SUFFIX = "-manifest.json"
+# io_utils.atomic_path's temporary names: ".STEM.partial-XXXXXXXX.REST" for "STEM.REST".
+PARTIAL_RE = re.compile(r"^\.(?P<stem>[^.]*)\.partial-[A-Za-z0-9_]{8}(?P<rest>.*)$")
+# Seconds an orphaned worker waits for its SIGTERM handler (which removes the
+# unfinished shard) before it exits without it.
+ORPHAN_GRACE_S = 5.0
 
 # Reasons that drop an annotation or an image (counted and printed).
 SKIP_REASONS = {
@@ -53,6 +72,10 @@ NOTE_REASONS = {
     "reencoded_to_jpeg": "non-JPEG image re-encoded as JPEG (quality 95)",
     "images_without_people_kept": "images without usable people kept (evaluation with detections)",
 }
+
+
+class WorkerDiedError(RuntimeError):
+    """A shard writer process died (killed from outside) before finishing its shards."""
 
 
 class SkipCounter:
@@ -133,7 +156,6 @@ def _encode_image(entry, skips, decode_jpeg):
         return None
     with open(path, "rb") as f:
         data = f.read()
-    import tensorflow as tf
     try:
         if _is_jpeg(data):
             shape = decode_jpeg(data).shape
@@ -172,15 +194,67 @@ def _serialize(entry, data, height, width, people, num_keypoints):
 _PROGRESS = None
 
 
-def _init_worker(progress_queue):
+def _exit_on_sigterm(signum, frame):
+    # SystemExit unwinds through io_utils.atomic_path, which removes the
+    # unfinished .partial file; the default SIGTERM action would leave it.
+    raise SystemExit(128 + signum)
+
+
+def _set_parent_death_signal(sig):
+    """Linux: the kernel sends ``sig`` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        return libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(sentinel):
+    """Thread: once the parent process is gone, stop this worker."""
+    multiprocessing.connection.wait([sentinel])
+    if hasattr(signal, "pthread_kill"):
+        # To the main thread itself: a process-directed signal (the parent
+        # death signal) may land on one of TensorFlow's threads and leave the
+        # main thread asleep in a read, its handler never run.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+    # The handler runs between bytecodes of the main thread; one stuck in a
+    # long native call does not get there, and this process must not outlive
+    # the build whatever it is doing.
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _init_worker(progress_queue, parent_pid):
+    """Pool initializer: progress queue, and die with the parent.
+
+    A worker outliving a killed build would go on writing and renaming
+    shards into the output folder, racing a rebuild, then hang waiting for
+    work that never comes.
+    """
     global _PROGRESS
     _PROGRESS = progress_queue
+    # Progress is advisory: never let exit wait to flush it into a pipe
+    # nobody reads any more.
+    progress_queue.cancel_join_thread()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _set_parent_death_signal(signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent.sentinel,), daemon=True,
+                         name="keras_dpn-watch-parent").start()
+    if os.getppid() != parent_pid:  # died before the watches were set
+        raise SystemExit(1)
 
 
 def _write_one_shard(job):
     """Worker: writes one shard from its image entries; returns its summary."""
-    import tensorflow as tf
     # The pipeline decodes with tf.io.decode_jpeg; checking with the same
     # decoder is what guarantees a training run never meets a bad image.
     decode_jpeg = lambda b: tf.io.decode_jpeg(b, channels=3)  # noqa: E731
@@ -244,6 +318,7 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
 
     Raises:
         ValueError: no images, bad ``num_shards``, or nothing usable written.
+        WorkerDiedError: a writer process was killed (out of memory?).
     """
     spec = get_keypoint_spec(dataset)
     if not isinstance(num_shards, int) or num_shards < 1:
@@ -257,11 +332,10 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
                          f"Received: num_shards={num_shards!r}")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"`num_workers` must be a positive integer. Received: num_workers={num_workers!r}")
+    tf.io  # noqa: B018  imports TensorFlow now: without it, fail before anything is written
     output_prefix = os.fspath(output_prefix)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-    # A stale manifest from an earlier build must not vouch for the new shards.
-    if os.path.exists(manifest_path(output_prefix)):
-        os.remove(manifest_path(output_prefix))
+    remove_build_leftovers(output_prefix)
     entries = sorted(entries, key=lambda e: e["image_id"])
     jobs = [{"path": shard_name(output_prefix, i, num_shards),
              # Round-robin keeps shards of equal size and mixes image ids.
@@ -281,8 +355,12 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
                 bar.update(len(job["entries"]))
     else:
         ctx = multiprocessing.get_context("spawn")  # TF is not fork-safe
-        progress_queue = ctx.Manager().Queue()
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        # A plain queue, not a Manager's: a manager is one more process, and
+        # one that outlives a killed build.
+        progress_queue = ctx.Queue()
+        with ctx.Pool(workers, initializer=_init_worker,
+                      initargs=(progress_queue, os.getpid())) as pool:
+            writers = {p.pid for p in multiprocessing.active_children()}
             pending = pool.map_async(_write_one_shard, jobs, chunksize=1)
             while True:
                 try:
@@ -292,8 +370,17 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
                 except queue_lib.Empty:
                     if pending.ready():
                         break
+                    # The pool replaces a writer that dies (killed by the system: out of
+                    # memory?) but never finishes its shard: without this, a wait forever.
+                    if not {p.pid for p in multiprocessing.active_children()} <= writers:
+                        raise WorkerDiedError(
+                            f"A shard writer process died while writing {output_prefix}; no "
+                            "manifest was written. Out of memory? Rerun with fewer "
+                            f"--num-workers. Received: num_workers={num_workers}")
             results = pending.get()
+        progress_queue.close()
     if bar is not None:
+        bar.update(bar.total - bar.n)  # progress still in flight when the last shard ended
         bar.close()
     skips = SkipCounter()
     if reader_skips is not None:
@@ -329,6 +416,41 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
     return manifest
 
 
+def build_leftovers(output_prefix):
+    """Files an earlier build of ``output_prefix`` left: shards of any ``-of-`` count,
+    the manifest and unfinished ``.partial`` files of either."""
+    folder = os.path.dirname(os.path.abspath(output_prefix))
+    base = os.path.basename(os.fspath(output_prefix))
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        partial = PARTIAL_RE.match(name)
+        final = partial["stem"] + partial["rest"] if partial else name
+        shard = SHARD_RE.match(final)
+        if (shard and shard["prefix"] == base) or final == base + MANIFEST_SUFFIX:
+            found.append(os.path.join(folder, name))
+    return found
+
+
+def remove_build_leftovers(output_prefix):
+    """Removes :func:`build_leftovers`, the manifest first; returns their paths.
+
+    A rebuild starts clean: a stale manifest must not vouch for the new
+    shards, and shards of an interrupted build (or of another shard count)
+    must not be read with them.
+    """
+    found = build_leftovers(output_prefix)
+    manifest = os.path.abspath(manifest_path(output_prefix))
+    finished = manifest in found
+    for path in sorted(found, key=lambda p: p != manifest):
+        os.remove(path)
+    unfinished = [p for p in found if ".partial-" in os.path.basename(p)]
+    if found and (unfinished or not finished):
+        logger.warning("Removed %d file(s) that an interrupted build of %s left (%d unfinished "
+                       ".partial); building all shards again.", len(found), output_prefix,
+                       len(unfinished))
+    return found
+
+
 def format_report(manifest):
     """Human-readable summary: shards, counts, skips by reason with examples."""
     lines = [f"Wrote {manifest['records']} images / {manifest['people']} people "
@@ -345,14 +467,6 @@ def format_report(manifest):
             lines.append(f"  {reason:38s} {v['count']:7d}  ({names.get(reason, '')})"
                          + (f"\n      e.g. {ex}" if ex else ""))
     return "\n".join(lines)
-
-
-def sha256_file(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_from_reader(reader, annotation_file, image_dir, output_prefix, num_shards, dataset,

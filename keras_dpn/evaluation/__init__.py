@@ -12,7 +12,8 @@ _EXPORTS = {
     "coco": ("METRIC_NAMES", "COCOEvaluator", "oks_iou", "oks_nms", "rescore"),
     "mpii": ("PCKhResult", "load_ground_truth", "load_predictions", "pckh", "save_predictions",
              "evaluate_file"),
-    "predict": ("codec_for_model", "predict_coco", "predict_keypoints"),
+    "predict": ("NonFinitePredictionError", "check_finite", "codec_for_model", "predict_coco",
+                "predict_keypoints"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -24,11 +24,16 @@ Bad input:
 * no results at all: a ``UserWarning`` and every metric 0.0 (the results JSON
   is still written, empty), so a monitor such as
   ``ModelCheckpoint(monitor="val_AP")`` keeps working; an empty *dataset* is
-  an error earlier, in :func:`keras_dpn.evaluation.predict_coco`.
+  an error earlier, in :func:`keras_dpn.evaluation.predict_coco`;
+* NaN or infinite keypoints, scores, centers or scales:
+  :class:`~keras_dpn.evaluation.NonFinitePredictionError` (a ``ValueError``)
+  naming how many and on which images, raised by :meth:`COCOEvaluator.update`
+  and :meth:`COCOEvaluator.evaluate_results` before anything is written.
+  (pycocotools would score them: keypoints that are all NaN match every
+  ground truth, AP 1.0.)
 """
 
 import contextlib
-import copy
 import io
 import json
 import os
@@ -36,6 +41,7 @@ import warnings
 
 import numpy as np
 
+from keras_dpn.evaluation.predict import check_finite
 from keras_dpn.io_utils import atomic_file
 from keras_dpn.keypoints import COCO_17, get_keypoint_spec
 
@@ -133,21 +139,31 @@ def oks_nms(keypoints, scores, areas, threshold=0.9, sigmas=COCO_17.sigmas,
     kp = np.asarray(keypoints, np.float64)
     scores = np.asarray(scores, np.float64).reshape(-1)
     areas = np.asarray(areas, np.float64).reshape(-1)
-    order = np.argsort(-scores, kind="stable")
+    # Every pair's OKS at once (an image has tens of boxes), then the greedy
+    # pass over it: one numpy call per image instead of one per kept pose.
+    ovr = _pairwise_oks(kp, areas, sigmas, vis_threshold)
+    suppressed = np.zeros(len(scores), bool)
     keep = []
-    while order.size:
-        i = order[0]
+    for i in np.argsort(-scores, kind="stable"):
+        if suppressed[i]:
+            continue
         keep.append(int(i))
-        rest = order[1:]
-        if not rest.size:
-            break
-        ovr = oks_iou(kp[i], kp[rest], areas[i], areas[rest], sigmas, vis_threshold)
-        order = rest[ovr <= threshold]
+        suppressed |= ~(ovr[i] <= threshold)
     return keep
 
 
-def _to_builtin(x):
-    return np.asarray(x, np.float64).reshape(-1).tolist()
+def _pairwise_oks(kp, areas, sigmas, vis_threshold=None):
+    """``(N, N)`` matrix of :func:`oks_iou` of every pose with every pose (same arithmetic)."""
+    variances = (2.0 * np.asarray(sigmas, np.float64)) ** 2
+    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
+    sq = ((kp[None, :, :, 0] - kp[:, None, :, 0]) ** 2
+          + (kp[None, :, :, 1] - kp[:, None, :, 1]) ** 2)
+    e = sq / variances / scale[..., None] / 2.0
+    if vis_threshold is None:
+        return np.exp(-e).mean(axis=-1)
+    use = (kp[:, None, :, 2] > vis_threshold) & (kp[None, :, :, 2] > vis_threshold)
+    n = use.sum(axis=-1)
+    return np.where(n > 0, (np.exp(-e) * use).sum(axis=-1) / np.maximum(n, 1), 0.0)
 
 
 class COCOEvaluator:
@@ -251,6 +267,8 @@ class COCOEvaluator:
         centers = np.asarray(centers, np.float64).reshape(b, 2)
         scales = np.asarray(scales, np.float64).reshape(b, 2)
         scores = np.asarray(scores, np.float64).reshape(b)
+        check_finite(ids, kp, scores, what="predictions given to COCOEvaluator",
+                     centers=centers, scales=scales)
         self._image_ids.append(ids)
         self._keypoints.append(kp)
         self._centers.append(centers)
@@ -283,32 +301,45 @@ class COCOEvaluator:
         box_scores = np.concatenate(self._scores)
         scores = rescore(kp, box_scores, self.vis_threshold) if self.rescore else box_scores
         areas = scales[:, 0] * scales[:, 1]
+        # Group the predictions by image once (a scan per image is quadratic:
+        # 5k images x 104k boxes at COCO scale); images in first-seen order,
+        # each image's predictions in collection order.
+        by_image = np.argsort(ids, kind="stable")
+        unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # Python lists once for all (one tolist per value costs seconds at COCO scale).
+        kp_list, center_list = kp.reshape(len(kp), -1).tolist(), centers.tolist()
+        scale_list, score_list = scales.tolist(), np.asarray(scores, np.float64).tolist()
         results = []
-        for image_id in dict.fromkeys(ids.tolist()):  # first-seen order
-            idx = np.flatnonzero(ids == image_id)
+        for g in np.argsort(first, kind="stable"):
+            image_id = int(unique[g])
+            idx = by_image[starts[g]:starts[g] + counts[g]]
             if self.nms_threshold is not None:
                 keep = oks_nms(kp[idx], scores[idx], areas[idx], self.nms_threshold,
                                self.keypoint_spec.sigmas, self.nms_vis_threshold)
                 idx = idx[keep]
-            for i in idx:
+            for i in idx.tolist():
                 results.append({
-                    "image_id": int(image_id),
+                    "image_id": image_id,
                     "category_id": self.category_id,
-                    "keypoints": _to_builtin(kp[i]),
-                    "score": float(scores[i]),
-                    "center": _to_builtin(centers[i]),
-                    "scale": _to_builtin(scales[i]),
+                    "keypoints": kp_list[i],
+                    "score": score_list[i],
+                    "center": center_list[i],
+                    "scale": scale_list[i],
                 })
         return results
 
-    def evaluate(self):
+    def evaluate(self, image_ids=None):
         """Rescoring, OKS-NMS, results JSON and pycocotools AP of everything collected.
+
+        Args:
+            image_ids: see :meth:`evaluate_results`.
 
         Returns:
             dict with ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl``
             (floats in [0, 1]).
         """
-        return self.evaluate_results(self.postprocess())
+        return self.evaluate_results(self.postprocess(), image_ids=image_ids)
 
     def _validate(self, results):
         known = set(self.coco.getImgIds())
@@ -328,6 +359,14 @@ class COCOEvaluator:
                     f"Each result needs {3 * k} keypoint values ({k} joints of "
                     f"{self.keypoint_spec.name!r}). Received: len(keypoints)={len(r['keypoints'])} "
                     f"for image_id={r['image_id']!r}")
+        if results:
+            try:
+                kp = np.array([r["keypoints"] for r in results], np.float64)
+                scores = np.array([r["score"] for r in results], np.float64)
+            except (TypeError, ValueError):
+                raise ValueError("Every result's `keypoints` and `score` must be numbers. "
+                                 "Received: a non-numeric value (null?)") from None
+            check_finite([r["image_id"] for r in results], kp, scores, what="results")
 
     def write_results(self, results):
         """Writes ``results`` to ``output_dir/results_name`` atomically; returns the path."""
@@ -335,11 +374,12 @@ class COCOEvaluator:
             return None
         path = os.path.join(self.output_dir, self.results_name)
         with atomic_file(path, "w") as f:
-            json.dump(results, f)
+            # allow_nan=False: bare NaN is not JSON; nothing non-finite gets here.
+            json.dump(results, f, allow_nan=False)
         self.results_file = path
         return path
 
-    def evaluate_results(self, results):
+    def evaluate_results(self, results, image_ids=None):
         """pycocotools keypoint evaluation of a ready list of COCO results.
 
         No rescoring or NMS: the same numbers as calling pycocotools directly
@@ -349,12 +389,30 @@ class COCOEvaluator:
         Args:
             results: list of dicts with ``image_id``, ``category_id``,
                 ``keypoints`` (flat ``3K``) and ``score``.
+            image_ids: evaluate on these images only (pycocotools'
+                ``params.imgIds``), e.g. the images a quick subset of the
+                validation set covered; ``None``: every image of the
+                annotation file, so an image without predictions counts its
+                people as missed (the standard protocol).
 
         Returns:
             dict of the ten COCO keypoint metrics.
+
+        Raises:
+            ValueError: image ids not in the annotation file, keypoint arrays
+                of the wrong length; ``NonFinitePredictionError`` (a
+                ``ValueError``) for NaN or infinite keypoints or scores,
+                naming how many and their image ids. Nothing is written then.
         """
         results = list(results)
         self._validate(results)
+        if image_ids is not None:
+            image_ids = sorted({int(i) for i in np.asarray(image_ids).reshape(-1)})
+            unknown = sorted(set(image_ids) - set(self.coco.getImgIds()))
+            if unknown or not image_ids:
+                raise ValueError(
+                    "`image_ids` must be a non-empty subset of the annotation file's images. "
+                    f"Received: image_ids with {len(unknown)} unknown (e.g. {unknown[:5]})")
         self.write_results(results)
         if not results:
             warnings.warn(
@@ -363,9 +421,10 @@ class COCOEvaluator:
             return {name: 0.0 for name in METRIC_NAMES}
         from pycocotools.cocoeval import COCOeval
         with _quiet(self.verbose):
-            # loadRes adds and overwrites keys (area, bbox, id) in the dicts
-            # it is given: hand it a copy so the caller's results stay intact.
-            detections = self.coco.loadRes(copy.deepcopy(results))
+            # loadRes adds and overwrites top-level keys (area, bbox, id) in
+            # the dicts it is given: hand it copies so the caller's results stay
+            # intact (shallow ones: a deep copy of 104k results costs seconds).
+            detections = self.coco.loadRes([dict(r) for r in results])
             coco_eval = COCOeval(self.coco, detections, "keypoints")
             sigmas = np.asarray(self.keypoint_spec.sigmas, np.float64)
             # Keep pycocotools' own array for COCO so results match it bit for bit.
@@ -373,6 +432,8 @@ class COCOEvaluator:
                     sigmas, coco_eval.params.kpt_oks_sigmas):
                 coco_eval.params.kpt_oks_sigmas = sigmas
             coco_eval.params.useSegm = None
+            if image_ids is not None:
+                coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()

@@ -32,6 +32,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from keras_dpn.evaluation.predict import check_finite
 from keras_dpn.io_utils import atomic_path
 
 SC_BIAS = 0.6
@@ -212,6 +213,13 @@ def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC
     Returns:
         :class:`PCKhResult`.
 
+    Raises:
+        ValueError: shapes or rows that do not match the ground truth;
+            ``NonFinitePredictionError`` (a ``ValueError``) for NaN or
+            infinite predictions, naming how many and their rows. (A method
+            that leaves a joint out on purpose can put it far outside the
+            image, e.g. ``-1e6``: a miss.)
+
     Example:
     >>> gt = load_ground_truth("tests/data/mpii/gt_valid.mat")  # doctest: +SKIP
     >>> res = pckh(load_predictions("tests/data/mpii/reference_preds/tompson.h5"), gt,
@@ -239,9 +247,11 @@ def pckh(preds, ground_truth, thresholds=(0.5, 0.1), one_based=False, sc_bias=SC
             f"`preds` has {preds.shape[0]} people but the ground truth has {joints.shape[0]} "
             "(the MPII validation split): predictions for another split or order? "
             f"Received: preds.shape={preds.shape}")
+    # A NaN joint would count as a miss (the MATLAB toolkit's rule), which
+    # lets a diverged model through with a low score instead of an error.
+    rows = indices if indices is not None else np.arange(len(preds))
+    check_finite(rows, preds[..., :2], what="MPII predictions", id_name="ground-truth row(s)")
     xy = preds[..., :2] + (0.0 if one_based else 1.0)
-    # NaN predictions count as misses (the MATLAB toolkit sets them to inf).
-    xy = np.where(np.isnan(xy), np.inf, xy)
     visible = ~missing
     head = sc_bias * np.linalg.norm(boxes[:, 1] - boxes[:, 0], axis=-1)  # (N,)
     with np.errstate(invalid="ignore", divide="ignore"):

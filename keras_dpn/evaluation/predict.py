@@ -12,6 +12,11 @@ mirrored crops go through the model in the same batch as the crops, their
 heatmaps are mirrored back with the left/right channels swapped and shifted
 one pixel right (:func:`keras_dpn.codec.flip_back`), and the two heatmaps are
 averaged before decoding.
+
+Non-finite predictions (NaN or infinite keypoints or box scores; NaN heatmaps
+decode to NaN scores: the mark of a diverged model) raise
+:class:`NonFinitePredictionError` at the first batch that holds them, so no
+metric is ever computed from them.
 """
 
 import weakref
@@ -24,6 +29,58 @@ from keras_dpn.keypoints import COCO_17, get_keypoint_spec
 # One traced inference function per (model, flip settings): the evaluation
 # callback calls predict_coco every epoch and must not retrace each time.
 _INFER_CACHE = weakref.WeakKeyDictionary()
+
+
+class NonFinitePredictionError(ValueError):
+    """Predictions hold NaN or infinite values (usually a diverged model).
+
+    A ``ValueError``: evaluation refuses them instead of scoring them. During
+    training, the evaluation callbacks turn it into
+    :class:`keras_dpn.training.TrainingDivergedError`.
+    """
+
+
+def check_finite(image_ids, keypoints, scores=None, what="predictions", id_name="image id(s)",
+                 **extra):
+    """Raises :class:`NonFinitePredictionError` if any prediction is not finite.
+
+    Args:
+        image_ids: ``(N,)`` image ids (or MPII ground-truth rows), named in the error.
+        keypoints: ``(N, ...)`` per-prediction values (x, y, score).
+        scores: optional ``(N,)`` per-prediction scores.
+        what: how the error names the predictions.
+        id_name: how the error names ``image_ids``.
+        **extra: further ``(N, ...)`` arrays that must be finite (centers, scales).
+
+    Example:
+    >>> check_finite([7, 8], [[1.0, 2.0], [np.nan, 0.0]])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    keras_dpn.evaluation.predict.NonFinitePredictionError: 1 of 2 predictions hold NaN ... image id(s) 8. ...
+    """
+    ids = np.asarray(image_ids).reshape(-1)
+    n = ids.shape[0]
+    bad = np.zeros(n, bool)
+    fields = []
+    named = {"keypoints": keypoints, "scores": scores, **extra}
+    for name, values in named.items():
+        if values is None:
+            continue
+        v = np.asarray(values, np.float64).reshape(n, -1)
+        wrong = ~np.isfinite(v).all(axis=1)
+        if wrong.any():
+            fields.append(name)
+            bad |= wrong
+    if not bad.any():
+        return
+    bad_ids = list(dict.fromkeys(ids[bad].tolist()))
+    shown = ", ".join(str(i) for i in bad_ids[:10])
+    if len(bad_ids) > 10:
+        shown += f" and {len(bad_ids) - 10} more"
+    raise NonFinitePredictionError(
+        f"{int(bad.sum())} of {n} {what} hold NaN or infinite values on {id_name} {shown}. "
+        "The model has diverged (or its input is broken); no score is computed from "
+        f"non-finite predictions. Received: non-finite {' and '.join(fields)}.")
 
 
 def codec_for_model(model, sigma=2.0):
@@ -40,6 +97,9 @@ def codec_for_model(model, sigma=2.0):
 
 
 def _infer_fn(model, flip_index, flip_test, shift_heatmap):
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        return _infer_fn_numpy(model, flip_index, flip_test, shift_heatmap)
     import tensorflow as tf
 
     key = (None if flip_index is None else tuple(int(i) for i in flip_index),
@@ -66,6 +126,26 @@ def _infer_fn(model, flip_index, flip_test, shift_heatmap):
         return merge_flip(both[:n], both[n:], flip_index, shift=shift_heatmap)
 
     per_model[key] = infer
+    return infer
+
+
+def _infer_fn_numpy(model, flip_index, flip_test, shift_heatmap):
+    """JAX / PyTorch: Keras' compiled predict step on numpy crops, the flip merged in numpy."""
+    import keras
+
+    def infer(images):
+        x = _numpy(images).astype(np.float32)
+        n = len(x)
+        if flip_test:
+            x = np.concatenate([x, x[:, :, ::-1]], axis=0)
+        out = model.predict_on_batch(x)
+        if isinstance(out, (list, tuple)):
+            out = out[-1]  # multi-stage models: the last stage is the prediction
+        out = keras.ops.convert_to_numpy(out).astype(np.float32)
+        if not flip_test:
+            return out
+        return merge_flip(out[:n], out[n:], flip_index, shift=shift_heatmap)
+
     return infer
 
 
@@ -102,6 +182,9 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
     Raises:
         ValueError: if the dataset yields no batch, or the model's heatmaps
             do not have one channel per joint of ``keypoint_spec``.
+        NonFinitePredictionError: (a ``ValueError``) at the first batch
+            whose keypoints or box scores are NaN or infinite; it names how
+            many and their image ids.
 
     Example:
     >>> out = predict_keypoints(model, mpii_val_ds, keypoint_spec="mpii")  # doctest: +SKIP
@@ -138,12 +221,19 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
         scales = _numpy(meta["scale"]).reshape(-1, 2)
         image_ids = _numpy(meta["image_id"]).reshape(-1).astype(np.int64)
         b = len(image_ids)
-        parts["keypoints"].append(codec.decode_to_image(heatmaps, centers, scales))
+        keypoints = codec.decode_to_image(heatmaps, centers, scales)
+        scores = (_numpy(meta["score"]).reshape(-1) if "score" in meta
+                  else np.ones(b, np.float32))
+        # Checked per batch: a diverged model fails at its first batch, not
+        # after predicting a whole validation set.
+        check_finite(image_ids, keypoints, scores,
+                     what=f"predictions of batch {n_batches + 1} (people {n_people + 1}-"
+                          f"{n_people + b} of the dataset)")
+        parts["keypoints"].append(keypoints)
         parts["image_id"].append(image_ids)
         parts["center"].append(centers)
         parts["scale"].append(scales)
-        parts["score"].append(_numpy(meta["score"]).reshape(-1) if "score" in meta
-                              else np.ones(b, np.float32))
+        parts["score"].append(scores)
         if "person_id" in meta:
             parts["person_id"].append(_numpy(meta["person_id"]).reshape(-1).astype(np.int64))
         n_batches += 1
@@ -175,6 +265,9 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
     Raises:
         ValueError: if the dataset yields no batch, or the model's heatmaps
             do not have one channel per joint of ``keypoint_spec``.
+        NonFinitePredictionError: (a ``ValueError``) at the first batch
+            whose keypoints or box scores are NaN or infinite; it names how
+            many and their image ids.
 
     Example:
     >>> ds = keras_dpn.data.build_dataset("shards/val-*", training=False)  # doctest: +SKIP
@@ -186,12 +279,12 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
     out = predict_keypoints(model, dataset, codec=codec, keypoint_spec=keypoint_spec,
                             flip_test=flip_test, shift_heatmap=shift_heatmap, steps=steps,
                             verbose=verbose)
-    kp = out["keypoints"].astype(np.float64)
-    return [{
-        "image_id": int(out["image_id"][i]),
-        "category_id": int(category_id),
-        "keypoints": kp[i].reshape(-1).tolist(),
-        "score": float(out["score"][i]),
-        "center": out["center"][i].astype(np.float64).tolist(),
-        "scale": out["scale"][i].astype(np.float64).tolist(),
-    } for i in range(len(kp))]
+    n = len(out["image_id"])
+    # One tolist per array, not per person (104k people at COCO scale).
+    kp = out["keypoints"].astype(np.float64).reshape(n, -1).tolist()
+    centers = out["center"].astype(np.float64).tolist()
+    scales = out["scale"].astype(np.float64).tolist()
+    scores = out["score"].astype(np.float64).tolist()
+    return [{"image_id": image_id, "category_id": int(category_id), "keypoints": kp[i],
+             "score": scores[i], "center": centers[i], "scale": scales[i]}
+            for i, image_id in enumerate(out["image_id"].tolist())]

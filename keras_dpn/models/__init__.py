@@ -1,29 +1,18 @@
-"""Model builders: the DPN family and the HRNet peer.
+"""Model builders: the DPN family and the HRNet peer, and the registry of their variants.
 
-``MODELS`` maps every registered variant name to its constructor; all take
-the same arguments (``num_keypoints``, ``input_shape``, ``input_tensor``,
-``include_top``, ``weights``, ``name``, ``dtype``).
+``MODELS`` maps every registered variant name to its constructor (see
+:mod:`keras_dpn.models.registry`); all take the same arguments
+(``num_keypoints``, ``input_shape``, ``input_tensor``, ``include_top``,
+``weights``, ``head_initializer``, ``name``, ``dtype``).
 """
 
-from keras_dpn.models.dpn import (DPN, DPN1_32, DPN1_64, DPN2_32, DPN2_64, DPN3_32,
-                                  DPN3_64, DPN4_32, DPN4_64, DPN_SPECS)
-from keras_dpn.models.hrnet import DPN2_HRNet, HRNetW32
+# Importing the family modules registers their variants.
+from keras_dpn.models import dpn, hrnet
+from keras_dpn.models.dpn import DPN
+from keras_dpn.models.registry import MODELS, ModelInfo, get_model, model_info, register_model
 
-MODELS = {
-    "DPN1_32": DPN1_32, "DPN2_32": DPN2_32, "DPN3_32": DPN3_32, "DPN4_32": DPN4_32,
-    "DPN1_64": DPN1_64, "DPN2_64": DPN2_64, "DPN3_64": DPN3_64, "DPN4_64": DPN4_64,
-    "HRNetW32": HRNetW32, "DPN2_HRNet": DPN2_HRNet,
-}
+# Every registered constructor, by name (``keras_dpn.models.DPN4_32``, ...).
+globals().update(MODELS)
 
-
-def get_model(name, **kwargs):
-    """Builds a registered variant by name.
-
-    Example:
-    >>> get_model("DPN1_32", input_shape=(64, 48, 3)).output_shape
-    (None, 16, 12, 17)
-    """
-    if name not in MODELS:
-        raise ValueError(
-            f"Unknown model. Expected one of {sorted(MODELS)}. Received: name={name!r}")
-    return MODELS[name](**kwargs)
+__all__ = ["DPN", "MODELS", "ModelInfo", "get_model", "model_info", "register_model",
+           *MODELS]
