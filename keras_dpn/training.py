@@ -999,7 +999,9 @@ class Trainer:
             if self.loop == "fit":
                 history = self.model.fit(train_dataset, epochs=self.epochs,
                                          steps_per_epoch=steps, initial_epoch=initial_epoch,
-                                         callbacks=cbs, verbose=self.verbose)
+                                         callbacks=cbs, verbose=self.verbose,
+                                         # tf.data shuffles itself (Keras warns otherwise).
+                                         shuffle=not _is_tf_dataset(train_dataset))
                 result = {"epoch": list(history.epoch), **history.history}
             else:
                 result = self._custom_loop(train_dataset, steps, initial_epoch, cbs, guard)

@@ -279,3 +279,13 @@ def test_custom_loop_with_mixed_bfloat16(tmp_path):
     assert trainer.model.output.dtype == "float32"
     # The global policy is left as it was.
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_fit_on_tf_data_does_not_warn_about_shuffle(tmp_path):
+    # build_dataset shuffles; Keras 3.15 warns on every fit(tf.data) with shuffle=True.
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(str(tmp_path), epochs=1).fit(_dataset())
+    assert not [w for w in caught if "shuffle" in str(w.message)], \
+        [str(w.message) for w in caught]
