@@ -12,10 +12,12 @@ it ``import keras_dpn`` works and those fail with a one-line error naming the
 install command (:mod:`keras_dpn._optional`).
 """
 
-__version__ = "0.1.0"
+from keras_dpn._version import __version__
 
 # Models.
 from keras_dpn import analysis, keypoints, layers, models, presets, weights
+# Plugs the `weights=` loader (tags, files, presets) into the builders.
+from keras_dpn import pretrained
 from keras_dpn.keypoints import COCO_17, MPII_16, KeypointSpec, get_keypoint_spec
 from keras_dpn.layers import BasicBlock, Bottleneck, DilationPyramidModule
 # DPN, MODELS, get_model and every registered variant (DPN1_32 ... DPN2_HRNet).
@@ -36,11 +38,31 @@ from keras_dpn.metrics import HeatmapPCK
 from keras_dpn.training import Trainer, get_strategy
 
 # Deployment: inference.py imports LiteRT / ONNX Runtime only when such a file is
-# loaded; export.py imports onnx (and Keras' exporters tf2onnx) only when writing;
+# loaded. keras_dpn.export and keras_dpn.calibration are imported on first use
+# (below): an application that only predicts never loads the exporters.
 # qat.py (tfmot, tf_keras) is never imported here, since importing tfmot switches
 # tf.keras for the whole process.
-from keras_dpn import assets, calibration, export, inference
+from keras_dpn import assets, inference
 from keras_dpn.inference import PoseEstimator, boxes_from_detections
 
-# keras_dpn.build_dataset: the data module's lazy name, resolved on first use.
-__getattr__, _LAZY = _optional.lazy_exports(__name__, {"data": ("build_dataset",)})
+# keras_dpn.build_dataset: the data module's lazy name, resolved on first use;
+# keras_dpn.export / keras_dpn.calibration: the modules, imported on first use.
+__getattr__, _LAZY = _optional.lazy_exports(
+    __name__, {"data": ("build_dataset",), "export": (), "calibration": ()})
+
+# The public API: what `from keras_dpn import *` gives, and what the
+# documentation describes. Submodules stay reachable as keras_dpn.<name>.
+__all__ = [
+    "__version__",
+    # Models: DPN, MODELS, get_model, model_info, ... and every registered variant.
+    *models.__all__,
+    "BasicBlock", "Bottleneck", "DilationPyramidModule",
+    "KeypointSpec", "COCO_17", "MPII_16", "get_keypoint_spec",
+    # Targets and data.
+    "HeatmapCodec", "flip_back", "PersonCrops", "build_dataset",
+    # Training and evaluation.
+    "Trainer", "get_strategy", "JointsMSE", "HeatmapPCK",
+    "COCOEvaluationCallback", "MPIIEvaluationCallback", "COCOEvaluator", "predict_coco",
+    # Deployment.
+    "PoseEstimator", "boxes_from_detections",
+]

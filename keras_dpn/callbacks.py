@@ -137,13 +137,27 @@ class COCOEvaluationCallback(_PeriodicEvaluation):
         best: best AP so far (``-inf`` before the first evaluation).
 
     Example:
-    >>> cb = COCOEvaluationCallback(val_ds, "person_keypoints_val2017.json",
-    ...                             output_dir="logs")  # doctest: +SKIP
-    >>> model.fit(train_ds, epochs=140, callbacks=[
-    ...     cb,  # first: the callbacks below read val_AP from the logs
-    ...     keras.callbacks.ModelCheckpoint("best.keras", monitor="val_AP", mode="max",
-    ...                                     save_best_only=True),
-    ...     keras.callbacks.TensorBoard("logs")])  # doctest: +SKIP
+    >>> import os, tempfile, keras, keras_dpn
+    >>> pattern = sample_shards()  # the bundled sample's shards (build_coco_shards)
+    >>> size = dict(input_size=(64, 48), verbose=False)
+    >>> train_ds = keras_dpn.data.build_dataset(pattern, batch_size=8, **size)
+    >>> val_ds = keras_dpn.data.build_dataset(pattern, training=False, batch_size=32, **size)
+    >>> model = keras_dpn.DPN1_32(input_shape=(64, 48, 3))
+    >>> model.compile(optimizer="adam", loss=keras_dpn.JointsMSE())
+    >>> with tempfile.TemporaryDirectory() as logs:
+    ...     cb = COCOEvaluationCallback(
+    ...         val_ds, "sample_data/coco/annotations/person_keypoints_sample.json",
+    ...         output_dir=logs, verbose=0)
+    ...     history = model.fit(train_ds, epochs=1, steps_per_epoch=2, shuffle=False,
+    ...                         verbose=0, callbacks=[
+    ...         cb,  # first: the callbacks below read val_AP from the logs
+    ...         keras.callbacks.ModelCheckpoint(os.path.join(logs, "best.keras"),
+    ...                                         monitor="val_AP", mode="max",
+    ...                                         save_best_only=True)])
+    ...     print(sorted(os.listdir(logs)))
+    ['best.keras', 'keypoints_val_results.json']
+    >>> 0.0 <= history.history["val_AP"][0] <= 1.0
+    True
     """
 
     main_metric = "AP"
@@ -208,7 +222,9 @@ class MPIIEvaluationCallback(_PeriodicEvaluation):
         results_name: file name in ``output_dir`` (``{epoch}`` is filled in).
         prefix: prefix of the log keys.
 
-    Example:
+    Example (not run: needs the MPII validation shards, a download; the COCO callback's
+    example runs on the bundled sample):
+
     >>> cb = MPIIEvaluationCallback(val_ds, "gt_valid.mat", output_dir="logs")  # doctest: +SKIP
     >>> model.fit(train_ds, epochs=140, callbacks=[cb, keras.callbacks.ModelCheckpoint(
     ...     "best.keras", monitor="val_PCKh", mode="max", save_best_only=True)])  # doctest: +SKIP

@@ -1,6 +1,12 @@
-"""The ``keras-dpn`` command: ``export``, ``predict`` and ``publish``.
+"""The ``keras-dpn`` command: ``train``, ``export``, ``predict`` and ``publish``.
 
 Examples::
+
+    # Train DPN4_32 on the bundled sample (AP ~0.75 on its images in ~8 minutes on 2 CPUs)
+    keras-dpn train
+    # Your own keypoint set: shards built with --keypoints FILE.json (docs/custom_keypoints.md)
+    keras-dpn train --keypoints body12.json --train-shards 'shards/body12-*.tfrecord' \\
+        --val-shards 'shards/body12-*.tfrecord' --annotations body12.json --output runs/body12
 
     # Every deployment format of a trained model, into saved_models/dpn4_32/
     keras-dpn export model.keras --name dpn4_32
@@ -28,7 +34,8 @@ import sys
 
 def _build_parser():
     from keras_dpn.export import FORMATS
-    parser = argparse.ArgumentParser(prog="keras-dpn", description=__doc__.split("\n")[0])
+    from keras_dpn._cli_errors import ArgumentParser  # one-line usage errors
+    parser = ArgumentParser(prog="keras-dpn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     exp = sub.add_parser("export", help="write SavedModel / TFLite / ONNX files")
@@ -41,13 +48,20 @@ def _build_parser():
     exp.add_argument("--weights", help="for a variant name: a weights tag or file")
     exp.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                      help="for a variant name: input height and width (default 256 192)")
-    exp.add_argument("--keypoints", default=None, help="keypoint set (coco, mpii)")
+    exp.add_argument("--keypoints", default=None, metavar="SET",
+                     help="keypoint set: coco, mpii or a keypoint-set FILE.json "
+                          "(docs/keypoints.md), recorded whole in metadata.json; a variant name "
+                          "gets a head of its joint count. Default: what a .keras file's export "
+                          "folder records, else coco (17 heatmaps) or mpii (16)")
     exp.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     exp.add_argument("--qat", action="store_true",
                      help="also quantization-aware training -> model_qat_int8.tflite")
     exp.add_argument("--prune", action="store_true",
                      help="also pruning -> model_pruned_int8.tflite")
     exp.add_argument("--qat-epochs", type=int, default=4)
+    exp.add_argument("--allow-unverified", action="store_true",
+                     help="allow --weights as an http(s):// preset URL without #sha256= (the "
+                          "digest received is printed)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     ev = exp.add_argument_group(
         "accuracy", "after the export, COCO AP of the Keras model and of every file through "
@@ -61,6 +75,11 @@ def _build_parser():
                     help="flip test as PoseEstimator(flip_test=True) (default: off, as deployed)")
     ev.add_argument("--eval-max-images", type=int, metavar="N",
                     help="only the first N images of ANNOTATIONS (default: all)")
+
+    # Listed here for --help; main() hands `train` to keras_dpn.train_command.
+    sub.add_parser("train", add_help=False,
+                   help="train a model: the bundled sample (no arguments), COCO, MPII or your "
+                        "own keypoint set (keras-dpn train --help)")
 
     pred = sub.add_parser("predict", help="draw skeletons on an image or a video")
     _add_predict_arguments(pred)
@@ -84,11 +103,8 @@ def _build_parser():
 
 def _publish(args):
     from keras_dpn import publish
-    url = args.url
-    if url and url.endswith("/"):
-        url += f"{args.name}.{args.archive_format}"
     out = publish.publish_run(args.run_dir, args.name, out_dir=args.out_dir, tag=args.tag,
-                              url=url, weights=args.weights, include_export=not args.no_export,
+                              url=args.url, weights=args.weights, include_export=not args.no_export,
                               archive_format=args.archive_format, overwrite=args.overwrite)
     print(f"Preset   {out['preset']}\nArchive  {out['archive']}\nsha256   {out['sha256']}\n"
           f"Registry {out['registry_file']}\n")
@@ -107,12 +123,27 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def _unit_interval(text):
+    """argparse type of a threshold: a number in [0, 1] (NaN compares false with any score)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]. Received: {text!r}")
+    return value
+
+
 def _add_predict_arguments(pred):
     pred.add_argument("input", nargs="?",
                       help="an image file or a video (.mp4, .avi, .mov, .mkv, .webm)")
     pred.add_argument("--source", help="a camera index instead of INPUT (e.g. 0: the webcam)")
     pred.add_argument("--model", required=True,
-                      help=".keras, .tflite, .onnx, a SavedModel or an export folder")
+                      help=".keras, .tflite, .onnx, a SavedModel, an export folder (the first "
+                           "present of: saved_model/ where TensorFlow is installed, model.keras, "
+                           "model.onnx, model_fp32.tflite, model_fp16.tflite, the int8 "
+                           ".tflite files, keypoints_fp32.tflite) or a preset (folder, archive "
+                           "or registered ARCH.TAG)")
     pred.add_argument("--out", required=True, help="output image (.png/.jpg) or video (.mp4)")
     pred.add_argument("--jsonl", help="video: per-frame keypoints with ids, one JSON object "
                                       "per line (default: --out with .jsonl)")
@@ -122,7 +153,7 @@ def _add_predict_arguments(pred):
                                        "of an image, or the 0-based frame index of a video)")
     boxes.add_argument("--image-id", type=int,
                        help="image_id in --boxes (default: the number in the file name)")
-    boxes.add_argument("--box-threshold", type=float, default=0.5,
+    boxes.add_argument("--box-threshold", type=_unit_interval, default=0.5,
                        help="minimum detection score, of --boxes or --detector (0.5)")
     boxes.add_argument("--detector", help="person detector model (.onnx or .tflite); its "
                                           "output layout is given by the options below")
@@ -154,15 +185,18 @@ def _add_predict_arguments(pred):
     video.add_argument("--d-cutoff", type=float, default=None,
                        help="One-Euro cutoff of the speed estimate, Hz (1.0)")
     video.add_argument("--max-frames", type=int, help="stop after N frames")
-    pred.add_argument("--score-threshold", type=float, default=0.3,
+    pred.add_argument("--score-threshold", type=_unit_interval, default=0.3,
                       help="minimum joint score drawn (0.3)")
-    pred.add_argument("--keypoints", default="coco", help="keypoint set (coco)")
+    pred.add_argument("--keypoints", default=None, metavar="SET",
+                      help="keypoint set: coco, mpii or a keypoint-set FILE.json; overrides the "
+                           "set the model brings (an export's metadata.json, a preset). Default: "
+                           "the model's own, else coco (17 heatmaps) or mpii (16)")
     pred.add_argument("--flip-test", action="store_true")
     pred.add_argument("--threads", type=int, default=None, help="TFLite / ONNX threads")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-def _evaluation_from_args(args):
+def _evaluation_from_args(args, spec=None):
     """The checked evaluation set of ``--evaluate``, or None (before any model is built)."""
     options = {"--eval-detections": args.eval_detections, "--eval-max-images":
                args.eval_max_images, "--eval-flip-test": args.eval_flip_test or None}
@@ -173,14 +207,26 @@ def _evaluation_from_args(args):
                              f"Received: {given}")
         return None
     from keras_dpn.export_eval import evaluation_set
-    return evaluation_set(*args.evaluate, keypoints=args.keypoints or "coco",
+    return evaluation_set(*args.evaluate, keypoints=spec or "coco",
                           detections=args.eval_detections, max_images=args.eval_max_images)
 
 
 def _export(args):
     from keras_dpn import export
+    if args.qat or args.prune:
+        from keras_dpn import qat
+        qat.check_options(epochs=args.qat_epochs)  # before any model is built
+    if args.allow_unverified:
+        from keras_dpn import presets
+        os.environ[presets.ALLOW_UNVERIFIED_ENV] = "1"  # weights= of a builder has no argument
+    from keras_dpn.inference import recorded_keypoint_spec
+    from keras_dpn.keypoints import get_keypoint_spec
     from keras_dpn.models import model_info
-    evaluation = _evaluation_from_args(args)
+    # The keypoint set first: a bad file fails before any model is built.
+    spec = get_keypoint_spec(args.keypoints) if args.keypoints is not None else None
+    if spec is None and args.model.endswith(".keras"):
+        spec = (recorded_keypoint_spec(args.model) or (None,))[0]
+    evaluation = _evaluation_from_args(args, spec)
     if args.model.endswith(".keras"):
         if not os.path.isfile(args.model):
             raise ValueError(f"Model file not found. Received: model={args.model!r}")
@@ -197,14 +243,24 @@ def _export(args):
             kwargs["input_shape"] = (args.input_size[0], args.input_size[1], 3)
         if args.weights:
             kwargs["weights"] = args.weights
+        if spec is not None:
+            kwargs["num_keypoints"] = spec.num_keypoints  # the head of the set's joints
         model = builder(**kwargs)
         name = args.name or args.model.lower()
     out = os.path.join(args.out_dir, name)
-    files = export.export_model(model, out, formats=tuple(args.formats), keypoints=args.keypoints,
+    files = export.export_model(model, out, formats=tuple(args.formats),
+                                keypoints=spec if spec is not None else args.keypoints,
                                 opset=args.opset, overwrite=args.overwrite, qat=args.qat,
                                 prune=args.prune, qat_kwargs=dict(epochs=args.qat_epochs),
                                 evaluate=evaluation, evaluate_flip_test=args.eval_flip_test)
-    print(f"Exported {len(files)} files to {os.path.abspath(out)}")
+    formats = [f for f in files if f not in ("keras", "accuracy")]
+    extra = ["model.keras (the Keras model the files were converted from)", "metadata.json"]
+    if any(str(path).endswith(".tflite") for path in files.values()):
+        extra.append("gpu_compatibility.txt")
+    if "accuracy" in files:
+        extra.append(os.path.basename(files["accuracy"]))
+    print(f"Exported {len(formats)} format(s) ({', '.join(formats)}) to {os.path.abspath(out)}, "
+          f"with {', '.join(extra)}")
     return 0
 
 
@@ -245,6 +301,36 @@ def _warn(message):
     print(f"keras-dpn predict: warning: {message}", file=sys.stderr)
 
 
+def _is_preset(model):
+    """A preset folder, a preset archive or a registered ``arch.tag``, as --model."""
+    from keras_dpn import presets
+    from keras_dpn import weights as weights_lib
+    if os.path.isdir(model):
+        return os.path.isfile(os.path.join(model, presets.CONFIG_FILE))
+    if model.endswith(presets.ARCHIVE_SUFFIXES):
+        return True
+    return not os.path.exists(model) and weights_lib.is_registered(model)
+
+
+def _estimator_from_args(args):
+    """``--model`` with its own keypoint set; ``--keypoints`` overrides it."""
+    from keras_dpn.inference import PoseEstimator, export_folder_model
+    from keras_dpn.keypoints import get_keypoint_spec
+    spec = get_keypoint_spec(args.keypoints) if args.keypoints is not None else None
+    options = dict(flip_test=args.flip_test, num_threads=args.threads)
+    if _is_preset(args.model):
+        from keras_dpn import presets
+        model, own = presets.estimator_model(args.model)
+        return PoseEstimator(model, keypoints=own if spec is None else args.keypoints,
+                             **options)
+    if os.path.isdir(args.model) and not os.path.isfile(
+            os.path.join(args.model, "saved_model.pb")):
+        chosen = export_folder_model(args.model)
+        if chosen is not None:
+            print(f"Model: {chosen} (the first of the export folder's files in --help's order)")
+    return PoseEstimator(args.model, keypoints=args.keypoints, **options)
+
+
 def _predict(args):
     import warnings
 
@@ -252,7 +338,7 @@ def _predict(args):
 
     from keras_dpn import io_utils, visualize
     from keras_dpn.detectors import DetectionFile
-    from keras_dpn.inference import WHOLE_IMAGE_WARNING, PoseEstimator, read_image
+    from keras_dpn.inference import WHOLE_IMAGE_WARNING, read_image
 
     if (args.input is None) == (args.source is None):
         raise ValueError("Give an INPUT file or --source CAMERA (not both). "
@@ -276,6 +362,10 @@ def _predict(args):
     for path in [out] + ([jsonl] if is_video else []):
         if os.path.exists(path) and not args.overwrite:
             raise FileExistsError(f"Output already exists: {path}. Pass --overwrite to replace it.")
+    for option, path in [("--out", out)] + ([("--jsonl", jsonl)] if is_video else []):
+        if os.path.isdir(path):
+            raise ValueError(f"{option} is a folder; give a file name. Received: {option}={path!r}")
+        io_utils.check_output_folder(os.path.dirname(path), option)
     if args.input is not None and not os.path.isfile(args.input):
         raise ValueError(f"Input file not found. Received: input={args.input!r}")
     if args.detect_every < 1 or (args.max_frames is not None and args.max_frames < 1):
@@ -284,7 +374,11 @@ def _predict(args):
     # Everything that can be checked without the model is checked first.
     source = None
     if not is_video:
-        image = read_image(args.input)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = read_image(args.input)
+        for w in caught:  # the 16-bit note: one line, not a warning with its source line
+            _warn(str(w.message))
     else:
         from keras_dpn.video import VideoSource, predict_video
         source = VideoSource(args.source if args.source is not None else args.input)
@@ -297,8 +391,7 @@ def _predict(args):
             detector = None
         if detections is None and detector is None:
             _warn(WHOLE_IMAGE_WARNING)
-        estimator = PoseEstimator(args.model, keypoints=args.keypoints,
-                                  flip_test=args.flip_test, num_threads=args.threads)
+        estimator = _estimator_from_args(args)
     except BaseException:
         if source is not None:
             source.close()
@@ -324,19 +417,28 @@ def _predict(args):
         drawn = visualize.draw_skeleton(image, people, estimator.spec, args.score_threshold,
                                         boxes=[p["box"] for p in people] if boxes is not None
                                         else None)
-        with io_utils.atomic_path(out) as tmp:
-            if not cv2.imwrite(tmp, drawn[..., ::-1]):
-                raise ValueError(f"OpenCV could not write the image. Received: --out={args.out!r}")
+        try:
+            with io_utils.atomic_path(out) as tmp:
+                if not cv2.imwrite(tmp, drawn[..., ::-1]):
+                    raise ValueError(f"OpenCV could not write the image. "
+                                     f"Received: --out={args.out!r}")
+        except OSError as e:
+            raise ValueError(f"Could not write the image ({e.strerror or e}). "
+                             f"Received: --out={out!r}") from None
         print(f"{len(people)} person(s) -> {out}")
         return 0
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the whole-image warning was printed above
-        summary = predict_video(
-            estimator, source, out, jsonl,
-            detector=detector, detections=detections, detect_every=args.detect_every,
-            smoothing=smoothing, score_threshold=args.score_threshold,
-            max_frames=args.max_frames, overwrite=args.overwrite)
+        try:
+            summary = predict_video(
+                estimator, source, out, jsonl,
+                detector=detector, detections=detections, detect_every=args.detect_every,
+                smoothing=smoothing, score_threshold=args.score_threshold,
+                max_frames=args.max_frames, overwrite=args.overwrite)
+        except OSError as e:  # a full disk mid-video; nothing is left (atomic writes)
+            raise ValueError(f"Could not write the outputs ({e.strerror or e}). "
+                             f"Received: --out={out!r}, --jsonl={jsonl!r}") from None
     print(f"{summary['frames']} frame(s), {len(summary['ids'])} track id(s), detector run on "
           f"{summary['detector_calls']} frame(s) -> {out}, {jsonl}")
     return 0
@@ -344,6 +446,11 @@ def _predict(args):
 
 def main(argv=None):
     """Entry point of the ``keras-dpn`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Its own parser, checks and exit statuses (3: the loss diverged).
+        from keras_dpn import train_command
+        return train_command.main(argv[1:], dataset=None, prog="keras-dpn train", respawn=True)
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "export":
@@ -354,6 +461,17 @@ def main(argv=None):
     except (ValueError, FileExistsError) as e:
         print(f"keras-dpn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # Full disk, read-only folder: one line naming the path, not a traceback.
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        print(f"keras-dpn {args.command}: error: {first}{where}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "QATError":  # the QAT child's failure, already one line
+            raise
+        print(f"keras-dpn {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ and ``keras-dpn predict`` take them from, in this order:
 ``detector(image) -> (boxes, scores)`` where ``image`` is an RGB uint8
 ``(H, W, 3)`` array, ``boxes`` an ``(N, 4)`` array of ``x, y, width, height``
 in image pixels and ``scores`` an ``(N,)`` array (higher is more confident).
-Anything else (another shape, NaN or infinite values, a box of zero area or
-outside the image) raises a ``ValueError`` that names the detector.
+Anything else (another shape, NaN or infinite values, a box narrower or lower
+than 1 pixel or outside the image) raises a ``ValueError`` that names the detector.
 
 **Detection model files.** :class:`ModelDetector` runs an ONNX (ONNX Runtime)
 or TFLite (LiteRT) detection model and turns its outputs into the interface
@@ -122,7 +122,11 @@ def convert_boxes(boxes, box_format, normalized=False, size=None):
 
 
 def clip_boxes(boxes, image_shape):
-    """Clips ``(N, 4)`` xywh boxes to an image; returns the boxes and a mask of non-empty ones."""
+    """Clips ``(N, 4)`` xywh boxes to an image; returns the boxes and a mask of usable ones.
+
+    Usable: at least 1 pixel wide and high inside the image, the smallest box
+    that :class:`keras_dpn.PoseEstimator` crops.
+    """
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     height, width = image_shape[:2]
     x0 = np.clip(b[:, 0], 0, width)
@@ -130,7 +134,7 @@ def clip_boxes(boxes, image_shape):
     x1 = np.clip(b[:, 0] + b[:, 2], 0, width)
     y1 = np.clip(b[:, 1] + b[:, 3], 0, height)
     clipped = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
-    return clipped, (clipped[:, 2] > 0) & (clipped[:, 3] > 0)
+    return clipped, (clipped[:, 2] >= 1) & (clipped[:, 3] >= 1)
 
 
 # ---------------------------------------------------------------------------
@@ -147,8 +151,8 @@ def check_detections(boxes, scores, image_shape, source="the detector"):
         source: how to name the detector in error messages.
 
     Raises:
-        ValueError: wrong shape, a NaN or infinite value, a box of zero area
-            or entirely outside the image.
+        ValueError: wrong shape, a NaN or infinite value, a box narrower or
+            lower than 1 pixel or entirely outside the image.
     """
     try:
         boxes = np.asarray(boxes, np.float64)
@@ -179,9 +183,9 @@ def check_detections(boxes, scores, image_shape, source="the detector"):
                              f"Received: {name}[{i}]={values[i].tolist()!r}")
     height, width = image_shape[:2]
     for i, (x, y, w, h) in enumerate(boxes):
-        if w <= 0 or h <= 0:
-            raise ValueError(f"{source} returned box {i} with zero area (width and height "
-                             f"must be > 0). Received: boxes[{i}]={boxes[i].tolist()!r}")
+        if not (w >= 1 and h >= 1):  # a sub-pixel box holds no person (PoseEstimator refuses it)
+            raise ValueError(f"{source} returned degenerate box {i} (width and height must be "
+                             f"at least 1 pixel). Received: boxes[{i}]={boxes[i].tolist()!r}")
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
             raise ValueError(f"{source} returned box {i} outside the {width}x{height} image. "
                              f"Received: boxes[{i}]={boxes[i].tolist()!r}")
@@ -212,6 +216,20 @@ class CallableDetector:
 # ---------------------------------------------------------------------------
 # COCO detection-results files
 # ---------------------------------------------------------------------------
+
+def check_score_threshold(value, name="score_threshold"):
+    """``value`` as a float in [0, 1]; a one-line ``ValueError`` otherwise.
+
+    A NaN threshold compares false with every score: it kept every detection.
+    """
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}")
+    return threshold
+
 
 class DetectionFile:
     """Person boxes from a COCO detection-results JSON file, read once.
@@ -251,7 +269,7 @@ class DetectionFile:
                              "{image_id, category_id, bbox, score}. "
                              f"Received: file={self.name!r} with a top-level "
                              f"{type(detections).__name__}")
-        self.score_threshold = float(score_threshold)
+        self.score_threshold = check_score_threshold(score_threshold)
         self._by_image = {}
         for i, d in enumerate(detections):
             if not isinstance(d, dict) or "bbox" not in d or "image_id" not in d:
@@ -397,7 +415,9 @@ class ModelDetector:
         letterbox: keep the aspect ratio when resizing.
         num_threads: ONNX Runtime / LiteRT CPU threads.
 
-    Example:
+    Example (not run: needs a person detection model file, which the package does
+    not ship):
+
     >>> det = ModelDetector("ssd_mobilenet.tflite", box_format="yxyx",  # doctest: +SKIP
     ...                     boxes_output=0, classes_output=1, scores_output=2,
     ...                     count_output=3, nms_iou=None)
@@ -436,7 +456,7 @@ class ModelDetector:
             if spec is not None:
                 self._output_index(role, spec)  # fail now, not on the first frame
         self.person_class = int(person_class)
-        self.score_threshold = float(score_threshold)
+        self.score_threshold = check_score_threshold(score_threshold)
         self.nms_iou = nms_iou
         self.max_detections = max_detections
         self.input_range = tuple(float(v) for v in input_range)
@@ -539,8 +559,8 @@ class ModelDetector:
         boxes = convert_boxes(boxes, self.box_format, self.normalized, self.input_size)
         # Model-input pixels -> image pixels (undo the letterbox offset and scale).
         boxes = (boxes - np.array([ox, oy, 0, 0])) / np.array([sx, sy, sx, sy])
-        boxes, nonempty = clip_boxes(boxes, image.shape)
-        boxes, scores = boxes[nonempty], scores[nonempty]
+        boxes, usable = clip_boxes(boxes, image.shape)  # sub-pixel boxes hold no person
+        boxes, scores = boxes[usable], scores[usable]
         if self.nms_iou is not None and len(boxes):
             order = nms(boxes, scores, self.nms_iou)
         else:

@@ -36,10 +36,12 @@ which silently writes a model that outputs NaN on this TF version).
 Example:
 >>> import keras_dpn, tempfile, os
 >>> from keras_dpn import export
->>> model = keras_dpn.DPN1_32(input_shape=(128, 96, 3))
->>> out = os.path.join(tempfile.mkdtemp(), "dpn1")
->>> files = export.export_model(model, out, formats=("tflite_fp32",),
-...                             verbose=False)  # doctest: +SKIP
+>>> model = keras_dpn.DPN1_32(input_shape=(64, 48, 3))
+>>> with tempfile.TemporaryDirectory() as d:
+...     files = export.export_model(model, os.path.join(d, "dpn1"), formats=("tflite_fp32",),
+...                                 verbose=False)
+...     print(sorted(os.listdir(os.path.join(d, "dpn1"))))
+['gpu_compatibility.txt', 'metadata.json', 'model.keras', 'model_fp32.tflite']
 """
 
 import contextlib
@@ -49,6 +51,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -57,7 +60,7 @@ import numpy as np
 from keras_dpn import _optional, calibration, io_utils, transforms
 from keras_dpn.calibration import TFLITE_QUANTIZATIONS  # noqa: F401  (public name)
 from keras_dpn.codec import HeatmapCodec
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.keypoints import check_keypoint_count, get_keypoint_spec, keypoint_source
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8_dynamic",
            "tflite_int8", "tflite_keypoints", "onnx")
@@ -230,7 +233,8 @@ def analyze_tflite(model_content):
 def tflite_ops(model_content):
     """Sorted list of the distinct builtin op names in a TFLite flatbuffer.
 
-    Example:
+    Example (not run: needs an exported file; ``tests/test_export.py`` checks every file's ops):
+
     >>> tflite_ops(open("model_fp32.tflite", "rb").read())  # doctest: +SKIP
     ['ADD', 'CONV_2D', 'MAX_POOL_2D', 'RESIZE_BILINEAR']
     """
@@ -296,6 +300,7 @@ class ExportJob:
     calibration: Optional[np.ndarray] = None
     opset: int = 17
     qat_kwargs: Optional[dict] = None
+    output_dir: Optional[str] = None
 
     @property
     def model_path(self):
@@ -334,8 +339,11 @@ def _write_tfmot_tflite(mode, job, path):
     # tfmot switches tf.keras for the whole process: qat.py runs in a child,
     # and this import only brings its launcher.
     from keras_dpn import qat
-    qat.run_subprocess(job.model_path, path, job.calibration_file(), mode=mode,
-                       **(job.qat_kwargs or {}))
+    kwargs = dict(job.qat_kwargs or {})
+    if job.output_dir is not None:
+        # Beside the export folder: the folder being written goes on failure.
+        kwargs.setdefault("log_path", f"{job.output_dir}.{mode}.log")
+    qat.run_subprocess(job.model_path, path, job.calibration_file(), mode=mode, **kwargs)
 
 
 #: Format -> ``writer(job, path)``; :func:`export_model` calls them in this order.
@@ -375,9 +383,10 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
             path to a ``.keras`` file.
         output_dir: the export folder, e.g. ``saved_models/dpn4_32_coco``.
         formats: a subset of :data:`FORMATS`.
-        keypoints: keypoint set name or ``KeypointSpec`` (stored in
-            ``metadata.json``); defaults to ``"coco"`` for 17 heatmaps and
-            ``"mpii"`` for 16.
+        keypoints: keypoint set: a name, a keypoint-set ``.json`` file, a
+            dict or a ``KeypointSpec``, stored whole in ``metadata.json``
+            (``KeypointSpec.to_dict``); defaults to ``"coco"`` for 17
+            heatmaps and ``"mpii"`` for 16.
         representative_data: uint8 RGB crops ``(N, H, W, 3)`` calibrating the
             full-integer files; defaults to the person crops that ship with
             the package (:func:`keras_dpn.calibration.default_crops`).
@@ -411,7 +420,9 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
             missing or unreadable too), before anything is written.
         FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
 
-    Example:
+    Example (not run: every format of the full-size model takes minutes; the module's
+    example exports a tiny one):
+
     >>> import keras_dpn
     >>> from keras_dpn.export import export_model
     >>> model = keras_dpn.DPN4_32()
@@ -419,7 +430,8 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
     """
     import keras
     if isinstance(model, (str, os.PathLike)):
-        model = keras.saving.load_model(os.fspath(model), compile=False)
+        from keras_dpn.inference import load_keras_file  # one-line errors for damaged files
+        model = load_keras_file(model, arg_name="model")
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model or a .keras path. Received: model={model!r}")
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
@@ -427,6 +439,8 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
         raise ValueError(f"`formats` must be a non-empty subset of {FORMATS}. "
                          f"Received: formats={formats!r}")
     formats += (("tflite_qat",) if qat else ()) + (("tflite_pruned",) if prune else ())
+    if qat or prune:
+        _check_qat_kwargs(qat_kwargs)
     if "onnx" in formats and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < 17):
         raise ValueError(f"`opset` must be an int >= 17. Received: opset={opset!r}")
@@ -440,10 +454,14 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
     if keypoints is None:
         keypoints = {17: "coco", 16: "mpii"}.get(num_k)
     spec = get_keypoint_spec(keypoints) if keypoints is not None else None
-    if spec is not None and spec.num_keypoints != num_k:
-        raise ValueError(
-            f"The model outputs {num_k} heatmaps but keypoint set {spec.name!r} has "
-            f"{spec.num_keypoints}. Received: keypoints={keypoints!r}")
+    if spec is not None:
+        check_keypoint_count(spec, num_k, f"the model {model.name!r} (heatmaps)",
+                             keypoint_source(keypoints))
+    else:
+        import warnings
+        warnings.warn(f"The model predicts {num_k} keypoints and no keypoint set was given: "
+                      "metadata.json records none, so `keras-dpn predict` will need "
+                      "--keypoints. Pass keypoints= (--keypoints FILE.json).", stacklevel=2)
     evaluation = None
     if evaluate is not None:
         from keras_dpn import export_eval
@@ -456,12 +474,12 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
         calib = calibration.calibration_data(representative_data, (in_h, in_w),
                                              num_calibration_crops)
     output_dir = os.path.abspath(os.fspath(output_dir))
+    _check_output_dir(output_dir, overwrite)
 
     written = {"keras": "model.keras"}
     tflite_reports = {}
-    with io_utils.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
-            tempfile.TemporaryDirectory(prefix="keras_dpn_export_") as scratch:
-        job = ExportJob(model, tmp, scratch, calib, opset, qat_kwargs)
+    with _export_folder(output_dir, overwrite) as (tmp, scratch):
+        job = ExportJob(model, tmp, scratch, calib, opset, qat_kwargs, output_dir)
         model.save(job.model_path)
         for fmt in formats:
             name = FILE_NAMES[fmt]
@@ -486,10 +504,9 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
             input_size=[in_h, in_w],
             heatmap_size=[hm_h, hm_w],
             num_keypoints=num_k,
-            keypoints=None if spec is None else dict(
-                name=spec.name, names=list(spec.names),
-                skeleton=[list(p) for p in spec.skeleton],
-                flip_pairs=[list(p) for p in spec.flip_pairs]),
+            # The whole set (KeypointSpec.to_dict): PoseEstimator and
+            # `keras-dpn predict` take it from here, sigmas for AP included.
+            keypoints=None if spec is None else spec.to_dict(),
             normalization=dict(mean=list(transforms.IMAGENET_MEAN),
                                std=list(transforms.IMAGENET_STD), scale=1 / 255.0,
                                layout="NHWC RGB"),
@@ -512,6 +529,59 @@ def export_model(model, output_dir, formats=FORMATS, keypoints=None,
                   f"{'on' if evaluate_flip_test else 'off'}\n{export_eval.format_table(rows)}",
                   flush=True)
     return files
+
+
+def _check_qat_kwargs(qat_kwargs):
+    from keras_dpn import qat as qat_lib
+    kwargs = dict(qat_kwargs or {})
+    unknown = sorted(set(kwargs) - set(qat_lib.RUN_OPTIONS))
+    if unknown:
+        raise ValueError(f"`qat_kwargs` takes {list(qat_lib.RUN_OPTIONS)}. Received: unknown "
+                         f"qat_kwargs {unknown}")
+    qat_lib.check_options(**{k: v for k, v in kwargs.items()
+                             if k not in ("report_path", "log_path")})
+
+
+def _check_output_dir(output_dir, overwrite):
+    """What :func:`keras_dpn.io_utils.atomic_directory` refuses, checked before the work."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"The output path exists and is not a folder; it is left as it is. "
+                         f"Received: output_dir={output_dir!r}")
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(
+            f"Output folder already exists: {output_dir}. Pass overwrite=True "
+            "(--overwrite on the command line) to replace it.")
+    io_utils.check_output_folder(os.path.dirname(output_dir), "output_dir")
+
+
+@contextlib.contextmanager
+def _export_folder(output_dir, overwrite):
+    """Yields ``(folder, scratch)``: the atomic export folder and a scratch folder beside it.
+
+    The scratch folder is a ``.NAME.partial-*`` of this process, so a rerun
+    removes it after a kill -9 (a system temporary folder would stay), and
+    Python's temporary files (the converters', the QAT child's) go into it
+    meanwhile. An I/O fault (full disk, read-only) becomes one line naming
+    the export folder.
+    """
+    saved = tempfile.tempdir
+    try:
+        with io_utils.atomic_directory(output_dir, overwrite=overwrite) as tmp:
+            scratch = io_utils.make_partial_directory(output_dir)
+            tempfile.tempdir = scratch
+            try:
+                yield tmp, scratch
+            finally:
+                tempfile.tempdir = saved
+                shutil.rmtree(scratch, ignore_errors=True)
+    except (ValueError, FileExistsError):
+        raise
+    except Exception as e:
+        # TensorFlow's and h5py's file errors carry the OS reason in their text only.
+        if isinstance(e, OSError) or (type(e).__module__.startswith(("tensorflow", "h5py"))
+                                      and io_utils.is_write_error(e)):
+            raise io_utils.write_error(e, output_dir, "Cannot write the export") from e
+        raise
 
 
 def _gpu_section(report):

@@ -28,6 +28,7 @@ Example:
 ...                                   "sample_data/coco/images")
 >>> data.num_images, data.num_people
 (52, 124)
+>>> # Not run: needs an export folder (keras-dpn export; minutes for every format).
 >>> rows = export_eval.evaluate_export("saved_models/dpn4_32", data)  # doctest: +SKIP
 >>> print(export_eval.format_table(rows))  # doctest: +SKIP
 """
@@ -85,7 +86,7 @@ class EvaluationSet:
     def person_boxes(self, item, image_shape):
         """``(boxes (N, 4), scores (N,))`` of one image: the shard builder's, or detections."""
         if "boxes" in item:
-            # A detection outside the image or of no area would stop PoseEstimator: skip it.
+            # A detection outside the image or under 1 px would stop PoseEstimator: skip it.
             from keras_dpn.detectors import clip_boxes
             _, inside = clip_boxes(item["boxes"], image_shape)
             return item["boxes"][inside], item["scores"][inside]
@@ -94,7 +95,9 @@ class EvaluationSet:
         skips = SkipCounter()
         kept = [_clean_person(p, height, width, skips, "") for p in item["people"]]
         boxes = np.array([p["bbox"] for p in kept if p is not None], np.float32).reshape(-1, 4)
-        return boxes, np.ones(len(boxes), np.float32)
+        from keras_dpn.detectors import clip_boxes
+        _, usable = clip_boxes(boxes, image_shape)  # PoseEstimator refuses boxes under 1 px
+        return boxes[usable], np.ones(int(usable.sum()), np.float32)
 
     def describe(self):
         return (f"{self.num_people} people on {self.num_images} images of "
@@ -180,9 +183,12 @@ def evaluation_set(annotation_file, image_dir, keypoints="coco", detections=None
 def _as_evaluation_set(evaluate, keypoints):
     """``(annotation_file, image_dir)`` or an :class:`EvaluationSet` -> a checked set."""
     if isinstance(evaluate, EvaluationSet):
-        if evaluate.spec.name != get_keypoint_spec(keypoints).name:
+        # The whole set: another set's sigmas would give another AP.
+        spec = get_keypoint_spec(keypoints)
+        if evaluate.spec != spec:
+            same = " (same name, other fields)" if spec.name == evaluate.spec.name else ""
             raise ValueError(f"The evaluation set is for keypoint set {evaluate.spec.name!r}, "
-                             f"the model for {get_keypoint_spec(keypoints).name!r}. "
+                             f"the model for {spec.name!r}{same}. "
                              f"Received: evaluate={evaluate.describe()!r}")
         return evaluate
     if (isinstance(evaluate, (str, os.PathLike)) or not hasattr(evaluate, "__len__")

@@ -28,9 +28,19 @@ import numpy as np
 from keras_dpn import _optional, runtimes, transforms
 from keras_dpn.codec import HeatmapCodec, merge_flip
 from keras_dpn.detectors import DetectionFile, clip_boxes, get_detector
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.keypoints import check_keypoint_count, get_keypoint_spec, keypoint_source
 
 MODEL_SUFFIXES = (".keras", ".tflite", ".onnx")
+# What an export folder (keras_dpn.export) runs, best first: the float models
+# (a SavedModel needs TensorFlow), then the smaller, less exact TFLite files;
+# the end-to-end keypoints file last (it cannot be flip-tested).
+EXPORT_FOLDER_ORDER = ("saved_model", "model.keras", "model.onnx", "model_fp32.tflite",
+                       "model_fp16.tflite", "model_int8_dynamic.tflite",
+                       "model_qat_int8.tflite", "model_int8.tflite",
+                       "model_pruned_int8.tflite", "keypoints_fp32.tflite")
+EXPORT_METADATA = "metadata.json"
+# Smallest box side (pixels) that is cropped: a narrower box holds no person.
+MIN_BOX_SIZE = 1.0
 
 WHOLE_IMAGE_WARNING = (
     "No person boxes and no detector: the whole image is used as one person box. That suits "
@@ -46,21 +56,31 @@ def read_image(image):
     """A path or an array -> RGB uint8 ``(H, W, 3)``.
 
     Args:
-        image: a file path (anything OpenCV decodes) or an ``(H, W)``,
-            ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) array:
-            uint8, float in [0, 1] (or [0, 255]), or integers in [0, 255].
+        image: a file path (anything OpenCV decodes; a 16-bit file, e.g. a
+            16-bit PNG, is converted to 8 bits by its top 8 bits, with a
+            ``UserWarning`` that says so) or an ``(H, W)``, ``(H, W, 1)``,
+            ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA) array: uint8, float in
+            [0, 1] (or [0, 255]), or integers in [0, 255].
 
     Raises:
         ValueError: the file cannot be decoded, the image is empty, holds NaN
-            or infinite values, or is a 16-bit (or otherwise out of range)
-            image, which is never rescaled implicitly.
+            or infinite values, or is a 16-bit array (its range is unknown:
+            12-bit data is common) or otherwise out of range, which is never
+            rescaled implicitly.
     """
     if isinstance(image, (str, os.PathLike)):
         import cv2
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise ValueError(f"Image file not found. Received: image={path!r}")
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        # ANYDEPTH keeps 16 bits: IMREAD_COLOR alone scaled them to 8 without a word.
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        if bgr is not None and bgr.dtype == np.uint16:
+            warnings.warn(f"{path} is a 16-bit image: converted to 8 bits (value >> 8, the "
+                          f"file format's full 16-bit range).", stacklevel=2)
+            bgr = (bgr >> 8).astype(np.uint8)
+        elif bgr is not None and bgr.dtype != np.uint8:
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)  # float formats (EXR, HDR): OpenCV's 8 bits
         if bgr is None:
             raise ValueError(
                 f"Could not decode the image file (not an image, or a format OpenCV "
@@ -120,8 +140,10 @@ def validate_boxes(boxes, image_shape):
     An empty list gives ``(0, 4)`` boxes (nobody in the image).
 
     Raises:
-        ValueError: a box is not finite, has zero (or negative) area, or does
-            not overlap the image at all.
+        ValueError: a box is not finite, is narrower or lower than one pixel
+            (a 1e-9 px box used to return a confident person with every joint
+            at one point), or covers less than one pixel of the image in
+            width or height.
     """
     try:
         boxes = np.asarray(boxes, np.float64)
@@ -138,14 +160,21 @@ def validate_boxes(boxes, image_shape):
     for i, (x, y, w, h) in enumerate(boxes):
         if not np.all(np.isfinite([x, y, w, h])):
             raise ValueError(f"Box {i} is not finite. Received: boxes[{i}]={boxes[i].tolist()!r}")
-        if w <= 0 or h <= 0:
-            raise ValueError(f"Box {i} has zero area (width and height must be > 0). "
-                             f"Received: boxes[{i}]={boxes[i].tolist()!r}")
+        if not (w >= MIN_BOX_SIZE and h >= MIN_BOX_SIZE):
+            raise ValueError(f"Box {i} is degenerate (width and height must be at least "
+                             f"{MIN_BOX_SIZE:g} pixel). Received: boxes[{i}]={boxes[i].tolist()!r}")
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
             raise ValueError(
                 f"Box {i} lies outside the {width}x{height} image. "
                 f"Received: boxes[{i}]={boxes[i].tolist()!r}")
-    return clip_boxes(boxes, image_shape)[0].astype(np.float32)
+    clipped = clip_boxes(boxes, image_shape)[0]
+    inside = np.minimum(clipped[:, 2], clipped[:, 3])
+    if np.any(inside < MIN_BOX_SIZE):
+        i = int(np.argmax(inside < MIN_BOX_SIZE))
+        raise ValueError(
+            f"Box {i} covers less than {MIN_BOX_SIZE:g} pixel of the {width}x{height} image in "
+            f"width or height. Received: boxes[{i}]={boxes[i].tolist()!r}")
+    return clipped.astype(np.float32)
 
 
 def boxes_from_detections(file, image_id, score_threshold=0.0, category_id=1,
@@ -317,6 +346,42 @@ class _ONNXBackend(_Backend):
         return self._sess.run(None, {self._input_name: x.astype(np.float32)})[0]
 
 
+def load_keras_file(path, arg_name="model_or_path"):
+    """``keras.saving.load_model(path, compile=False)`` with one-line errors naming ``path``.
+
+    Keras reports a damaged or truncated ``.keras`` file as "File not found";
+    this says what is wrong with it.
+
+    Raises:
+        ValueError: the file is missing, is not a zip archive, lacks the
+            ``config.json`` of a ``.keras`` file, or fails to load.
+    """
+    import zipfile
+
+    import keras
+
+    # The custom layers are registered: the package root (keras_dpn/__init__.py),
+    # always imported before this module, imports the layers and models.
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file not found. Received: {arg_name}={path!r}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"Not a valid .keras file: not a zip archive (damaged, truncated or "
+                         f"another format) ({e}). Received: {arg_name}={path!r}") from None
+    if "config.json" not in names:
+        raise ValueError(f"Not a valid .keras file: the archive holds no config.json. "
+                         f"Received: {arg_name}={path!r}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - zip, json and h5 errors alike
+        raise ValueError(f"Could not load the .keras model (a damaged file, or layers this "
+                         f"version does not know) ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}). Received: {arg_name}={path!r}") from e
+
+
 def load_backend(model_or_path, input_size=None, num_threads=None):
     """Picks the adapter for a Keras model or a model path (see :class:`PoseEstimator`)."""
     import keras
@@ -332,25 +397,68 @@ def load_backend(model_or_path, input_size=None, num_threads=None):
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
             return _SavedModelBackend(path)
-        if os.path.isfile(os.path.join(path, "saved_model", "saved_model.pb")):
-            # An export folder from keras_dpn.export: use its SavedModel.
-            return _SavedModelBackend(os.path.join(path, "saved_model"))
-        raise ValueError(f"The folder holds no saved_model.pb. Received: model_or_path={path!r}")
+        chosen = export_folder_model(path)
+        if chosen is None:
+            raise ValueError(f"The folder holds no saved_model.pb and none of the files of an "
+                             f"export folder ({', '.join(EXPORT_FOLDER_ORDER[1:])}). "
+                             f"Received: model_or_path={path!r}")
+        return load_backend(chosen, input_size, num_threads)
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".keras":
-        import keras_dpn  # noqa: F401  registers the custom layers
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # noqa: BLE001 - zip, json and h5 errors alike
-            raise ValueError(f"Could not load a .keras model. Received: model_or_path={path!r} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-        return _KerasBackend(model, input_size)
+        return _KerasBackend(load_keras_file(path), input_size)
     if suffix == ".tflite":
         return _TFLiteBackend(path, num_threads)
     if suffix == ".onnx":
         return _ONNXBackend(path, num_threads)
     raise ValueError(f"Unknown model file kind: expected one of {MODEL_SUFFIXES} or a "
                      f"SavedModel folder. Received: model_or_path={path!r}")
+
+
+def export_folder_model(folder):
+    """The best model file of an export folder (:data:`EXPORT_FOLDER_ORDER`), or None.
+
+    The SavedModel counts only where TensorFlow is installed.
+    """
+    for name in EXPORT_FOLDER_ORDER:
+        path = os.path.join(folder, name)
+        if name == "saved_model":
+            if (os.path.isfile(os.path.join(path, "saved_model.pb"))
+                    and _optional.is_installed("tensorflow")):
+                return path
+        elif os.path.isfile(path):
+            return path
+    return None
+
+
+def recorded_keypoint_spec(model_or_path):
+    """The keypoint set an export records for a model path: ``(spec, where)`` or None.
+
+    An export folder, a file in one, or its ``saved_model/``: the folder's
+    ``metadata.json`` (``keypoints``, written by :func:`keras_dpn.export.export_model`).
+
+    Raises:
+        ValueError: the ``metadata.json`` records an invalid set (naming it).
+    """
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        return None
+    path = os.path.abspath(os.fspath(model_or_path))
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.basename(folder) == "saved_model" and not os.path.isfile(
+            os.path.join(folder, EXPORT_METADATA)):
+        folder = os.path.dirname(folder)
+    meta_path = os.path.join(folder, EXPORT_METADATA)
+    if not os.path.isfile(meta_path):
+        return None
+    import json
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None  # not ours: the model's own count decides
+    recorded = meta.get("keypoints") if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict) or "sigmas" not in recorded:
+        return None  # exports of keras-dpn 0.1 record no sigmas (or no set at all)
+    return get_keypoint_spec(recorded, source=f"{meta_path} `keypoints`"), f"from {meta_path}"
 
 
 # ---------------------------------------------------------------------------
@@ -364,8 +472,11 @@ class PoseEstimator:
         model_or_path: a ``keras.Model``, or a path to a ``.keras`` file, a
             SavedModel folder (or a ``keras_dpn.export`` folder), a ``.tflite``
             (heatmap or end-to-end keypoint model) or an ``.onnx`` file.
-        keypoints: keypoint set name or :class:`~keras_dpn.KeypointSpec`; its
-            joint count must match the model's heatmaps.
+        keypoints: keypoint set: ``"coco"``, ``"mpii"``, a keypoint-set
+            ``.json`` file, a dict or a :class:`~keras_dpn.KeypointSpec`; its
+            joint count must match the model's heatmaps. None: the set the
+            export's ``metadata.json`` records (an export folder or a file in
+            one), else ``coco`` for 17 heatmaps and ``mpii`` for 16.
         input_size: ``(H, W)``; only needed for a Keras model that accepts any
             size. Fixed-size models must agree with it.
         flip_test: average with the heatmaps of the mirrored crop.
@@ -381,14 +492,25 @@ class PoseEstimator:
 
     Example:
     >>> import keras_dpn, numpy as np
+    >>> image = "sample_data/coco/images/000000000785.jpg"
+    >>> model = keras_dpn.DPN1_32(input_shape=(64, 48, 3))  # or a trained model / a file
+    >>> est = keras_dpn.PoseEstimator(model)
+    >>> people = est.predict(image, boxes=[[280.8, 44.0, 218.7, 346.7]])
+    >>> people[0]["keypoints"].shape  # x, y, score in image pixels
+    (17, 3)
+    >>> def my_detector(image):  # any callable: image -> (boxes xywh (N, 4), scores (N,))
+    ...     return np.array([[280.8, 44.0, 218.7, 346.7]]), np.array([0.99])
+    >>> est = keras_dpn.PoseEstimator(model, detector=my_detector)
+    >>> len(est.predict(image))  # boxes from my_detector(image)
+    1
+
+    An exported file runs the same way (written by ``keras-dpn export``, so
+    not run here):
+
     >>> est = keras_dpn.PoseEstimator("saved_models/dpn4_32/model_fp32.tflite")  # doctest: +SKIP
-    >>> people = est.predict("photo.jpg", boxes=[[10, 20, 100, 200]])  # doctest: +SKIP
-    >>> people[0]["keypoints"]  # (17, 3): x, y, score in image pixels  # doctest: +SKIP
-    >>> est = keras_dpn.PoseEstimator(model, detector=my_detector)  # doctest: +SKIP
-    >>> people = est.predict("photo.jpg")  # boxes from my_detector(image)  # doctest: +SKIP
     """
 
-    def __init__(self, model_or_path, keypoints="coco", input_size=None, flip_test=False,
+    def __init__(self, model_or_path, keypoints=None, input_size=None, flip_test=False,
                  batch_size=16, padding=transforms.DEFAULT_PADDING, num_threads=None,
                  detector=None):
         if input_size is not None:
@@ -398,7 +520,10 @@ class PoseEstimator:
             input_size = tuple(int(s) for s in input_size)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-        self.spec = get_keypoint_spec(keypoints)
+        if keypoints is not None:
+            spec, spec_from = get_keypoint_spec(keypoints), keypoint_source(keypoints)
+        else:
+            spec, spec_from = recorded_keypoint_spec(model_or_path) or (None, None)
         self.detector = get_detector(detector)
         self.backend = load_backend(model_or_path, input_size, num_threads)
         if input_size is not None and tuple(self.backend.input_size) != input_size:
@@ -408,10 +533,16 @@ class PoseEstimator:
         self.input_size = tuple(int(s) for s in self.backend.input_size)
         num_k = self.backend.output_shape[0] if self.backend.end_to_end \
             else self.backend.output_shape[-1]
-        if num_k != self.spec.num_keypoints:
-            raise ValueError(
-                f"The model predicts {num_k} keypoints but keypoint set {self.spec.name!r} "
-                f"has {self.spec.num_keypoints}. Received: keypoints={keypoints!r}")
+        if spec is None:
+            if num_k not in (17, 16):
+                raise ValueError(
+                    f"The model predicts {num_k} keypoints and no metadata.json beside it "
+                    "records its keypoint set: pass it (keypoints= / --keypoints FILE.json). "
+                    f"Received: keypoints=None")
+            spec, spec_from = get_keypoint_spec({17: "coco", 16: "mpii"}[num_k]), "by count"
+        where = (os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike))
+                 else getattr(model_or_path, "name", "model"))
+        self.spec = check_keypoint_count(spec, num_k, f"the model {where}", spec_from)
         if self.backend.end_to_end and flip_test:
             raise ValueError("The end-to-end keypoint TFLite model returns keypoints, not "
                              "heatmaps, so it cannot be flip-tested. Received: flip_test=True")
@@ -436,8 +567,19 @@ class PoseEstimator:
             **kwargs: the other :class:`PoseEstimator` arguments.
 
         Example:
+        >>> import os, tempfile, keras_dpn
+        >>> with tempfile.TemporaryDirectory() as d:  # a preset folder of your own
+        ...     _ = keras_dpn.presets.save_preset(
+        ...         keras_dpn.DPN1_32(input_shape=(64, 48, 3)), os.path.join(d, "tiny"))
+        ...     est = PoseEstimator.from_preset(os.path.join(d, "tiny"))
+        >>> people = est.predict("sample_data/coco/images/000000000785.jpg",
+        ...                      boxes=[[280.8, 44.0, 218.7, 346.7]])
+        >>> people[0]["keypoints"].shape
+        (17, 3)
+
+        A registered ``"arch.tag"`` downloads its archive first (not run here):
+
         >>> est = PoseEstimator.from_preset("DPN4_32.coco")  # doctest: +SKIP
-        >>> people = est.predict("photo.jpg", boxes=[[10, 20, 100, 200]])  # doctest: +SKIP
         """
         from keras_dpn import presets
         model, spec = presets.estimator_model(preset, keypoints=keypoints, format=format)
@@ -490,8 +632,8 @@ class PoseEstimator:
             boxes: ``(N, 4)`` person boxes ``x, y, width, height`` in image
                 pixels (e.g. from :func:`boxes_from_detections`); ``[]``
                 means nobody (an empty list is returned).
-            box_scores: optional ``(N,)`` detection scores of ``boxes``,
-                multiplied into each person's score.
+            box_scores: optional ``(N,)`` detection scores of ``boxes`` in
+                [0, 1], multiplied into each person's score.
 
         Returns:
             A list with one dict per box: ``keypoints`` float32 ``(K, 3)`` (x,
@@ -499,17 +641,22 @@ class PoseEstimator:
             and ``score`` (mean keypoint score, times the box score if any).
 
         Raises:
-            ValueError: undecodable, empty, NaN or 16-bit image; boxes or
-                scores that are NaN, infinite, of zero area or outside the
-                image; a detector that returns malformed boxes.
+            ValueError: undecodable, empty, NaN or 16-bit image; boxes that
+                are NaN, infinite, narrower or lower than 1 pixel, or that
+                cover less than 1 pixel of the image (degenerate boxes are
+                refused, never skipped: the result has one entry per box);
+                box scores (given or a detector's) that are NaN, infinite or
+                outside [0, 1]; a detector that returns malformed boxes.
         """
         image = read_image(image)
+        scores_from = "the argument"
         if boxes is None:
             if box_scores is not None:
                 raise ValueError("`box_scores` belong to `boxes`. Received: box_scores with "
                                  "boxes=None")
             if self.detector is not None:
                 boxes, box_scores = self.detector(image)
+                scores_from = f"the detector's scores ({self.detector!r})"
             else:
                 warnings.warn(WHOLE_IMAGE_WARNING, stacklevel=2)
                 boxes = [[0, 0, image.shape[1], image.shape[0]]]
@@ -519,9 +666,14 @@ class PoseEstimator:
         if box_scores.shape[0] != len(boxes):
             raise ValueError(f"`box_scores` needs one score per box ({len(boxes)}). "
                              f"Received: box_scores with {box_scores.shape[0]} entries")
-        if not np.all(np.isfinite(box_scores)):
-            raise ValueError(f"`box_scores` must be finite. Received: box_scores="
-                             f"{box_scores.tolist()!r}")
+        # Person scores are box score x mean joint score: a score of -1 or 1e6
+        # would give people scored -1.43 or 1.4e6.
+        bad = ~(np.isfinite(box_scores) & (box_scores >= 0.0) & (box_scores <= 1.0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"`box_scores` must be finite and in [0, 1] (probabilities; "
+                             f"from {scores_from}). Received: "
+                             f"box_scores[{i}]={box_scores[i].tolist()!r}")
         if len(boxes) == 0:
             return []
         crops, centers, scales, boxes = self.crop(image, boxes)

@@ -13,7 +13,8 @@ positions per axis with no gridding holes, at unchanged resolution.
 :class:`BasicBlock` is the two-conv ResNet block of HRNet's branches.
 
 Only Keras layers and ``keras.ops`` are used, so the layers run on the
-TensorFlow, JAX and PyTorch backends.
+TensorFlow, JAX and PyTorch backends. Every layer here is channels-last
+(``(B, H, W, C)``) whatever ``keras.config.image_data_format()`` says.
 """
 
 import keras
@@ -22,6 +23,10 @@ BN_EPSILON = 1e-5
 # PyTorch's default momentum 0.1 corresponds to Keras momentum 0.9; the HRNet
 # and DPN recipes were tuned with it.
 BN_MOMENTUM = 0.9
+# Fixed, not read from keras.config.image_data_format(): BN (axis=-1), the
+# input checks and the weights files all assume channels-last, and a global
+# "channels_first" would otherwise build another model without a word.
+DATA_FORMAT = "channels_last"
 
 
 def dilation_rates(num_blocks, dilation_schedule="pyramid"):
@@ -63,7 +68,7 @@ def _bn(name, dtype):
 
 def _conv(filters, kernel_size, name, dtype, strides=1, dilation_rate=1):
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same",
+        filters, kernel_size, strides=strides, padding="same", data_format=DATA_FORMAT,
         dilation_rate=dilation_rate, use_bias=False,
         kernel_initializer="he_normal", name=name, dtype=dtype)
 

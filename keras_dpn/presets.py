@@ -14,9 +14,12 @@
 
 A preset is loaded from its folder, from a ``.tar.gz`` / ``.tgz`` / ``.zip``
 archive of it, from an ``http(s)://`` or ``file://`` URL of such an archive
-(downloaded with ``keras.utils.get_file``; add ``#sha256=<hex>`` to the URL to
-have the download verified), or from a registered ``"arch.tag"`` whose URL is
-an archive (verified by the registered sha256)::
+(downloaded with ``keras.utils.get_file``; an ``http(s)://`` URL must end in
+``#sha256=<hex>``, the digest ``keras-dpn publish`` prints, unless unverified
+downloads are allowed: ``allow_unverified=True`` or the environment variable
+``KERAS_DPN_ALLOW_UNVERIFIED=1``, which prints the digest received), or from a
+registered ``"arch.tag"`` whose URL is an archive (verified by the registered
+sha256)::
 
     model = keras_dpn.DPN4_32(weights="presets/dpn4_32_coco")        # the builder checks it
     model = keras_dpn.presets.from_preset("presets/dpn4_32_coco.tar.gz")  # built from config.json
@@ -43,13 +46,14 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from typing import Any, Dict
 
 from keras_dpn import io_utils
+from keras_dpn._version import __version__
 from keras_dpn import weights as weights_lib
-from keras_dpn.keypoints import KeypointSpec, get_keypoint_spec
+from keras_dpn.keypoints import (KeypointSpec, check_keypoint_count, get_keypoint_spec,
+                                 keypoint_source)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -65,6 +69,9 @@ PRESETS_SUBDIR = "presets"
 # archive that unpacks to more is refused rather than allowed to fill the disk.
 MAX_UNPACKED_BYTES = 4 << 30
 _CHUNK = 1 << 20
+# Opts in to http(s) preset URLs without "#sha256=" (for a builder's weights=URL,
+# which has no argument for it).
+ALLOW_UNVERIFIED_ENV = "KERAS_DPN_ALLOW_UNVERIFIED"
 
 
 def sha256_file(path):
@@ -85,7 +92,7 @@ def _read_json(path, source):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        _fail(f"Preset file {os.path.basename(path)} cannot be read as JSON ({e}).", source)
+        _fail(f"Preset file {path} cannot be read as JSON ({e}).", source)
 
 
 def _relative(path, root):
@@ -153,10 +160,9 @@ class Preset:
         if spec is not None and (not recorded.get("names")
                                  or list(recorded["names"]) == list(spec.names)):
             return spec
-        fields = {f.name for f in dataclasses.fields(KeypointSpec)}
         try:
-            return KeypointSpec(**{k: _tuples(v) for k, v in recorded.items() if k in fields})
-        except (TypeError, ValueError) as e:
+            return KeypointSpec.from_dict(recorded, source="metadata.json `keypoints`")
+        except ValueError as e:
             _fail(f"metadata.json describes no usable keypoint set {self.keypoints!r} ({e}).",
                   self.path)
 
@@ -166,8 +172,10 @@ class Preset:
         meta = os.path.join(self.path, EXPORT_DIR, METADATA_FILE)
         if f"{EXPORT_DIR}/{METADATA_FILE}" not in self.files:
             return {}
-        with open(meta) as f:
-            listed = json.load(f).get("files", {})
+        listed = _read_json(meta, self.path)
+        listed = listed.get("files") if isinstance(listed, dict) else None
+        if not isinstance(listed, dict):
+            _fail(f"{EXPORT_DIR}/{METADATA_FILE} holds no `files` object.", self.path)
         out = {}
         for fmt, name in listed.items():
             rel = f"{EXPORT_DIR}/{name}"
@@ -187,12 +195,6 @@ class Preset:
                   f"{sorted(files) or 'none (no export folder)'}; "
                   f"or format=None for the Keras model. Received: format={fmt!r};", self.path)
         return files[fmt]
-
-
-def _tuples(value):
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def _check_config(config, metadata, source):
 
 
 def _cache_root():
-    return os.path.join(weights_lib._cache_dir(), weights_lib.CACHE_SUBDIR, PRESETS_SUBDIR)
+    return os.path.join(weights_lib.cache_dir(), weights_lib.CACHE_SUBDIR, PRESETS_SUBDIR)
 
 
 def _archive_stem(path):
@@ -398,7 +400,8 @@ def unpack(archive, sha256=None, name=None, source=None):
             return read_preset(final, source)
         except ValueError:
             shutil.rmtree(final, ignore_errors=True)  # damaged since: unpack again
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.partial-", dir=root)
+    io_utils.remove_partial_leftovers(final)  # of a killed unpack
+    scratch = io_utils.make_partial_directory(final)
     try:
         _extract(archive, scratch, source)
         top = _find_root(scratch, source)
@@ -414,32 +417,61 @@ def unpack(archive, sha256=None, name=None, source=None):
     return dataclasses.replace(preset, path=final)
 
 
-def _download(url):
-    """A URL (optionally ``#sha256=<hex>``) -> the cached archive and the expected digest."""
+def _unverified_allowed(allow_unverified):
+    if allow_unverified is not None:
+        return bool(allow_unverified)
+    return os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() not in ("", "0", "false",
+                                                                           "no")
+
+
+def _download(url, allow_unverified=None):
+    """A URL (optionally ``#sha256=<hex>``) -> the cached archive and the expected digest.
+
+    An ``http(s)://`` URL without a digest is refused before anything is
+    downloaded unless unverified downloads are allowed; then the digest
+    received is printed, with how to pin it (``file://`` URLs are local files
+    and need no digest).
+    """
     import keras
 
     match = re.search(r"#sha256=([0-9a-fA-F]{64})$", url)
     digest = match.group(1).lower() if match else None
+    if "#" in url and digest is None:
+        _fail("A preset URL ends in #sha256=<64 hex digits> or has no '#' part.", url)
+    verify = digest is None and not url.lower().startswith("file://")
+    if verify and not _unverified_allowed(allow_unverified):
+        _fail("An http(s) preset URL needs the archive's sha256 (nothing else checks what the "
+              "server sends): append #sha256=<64 hex digits> (`keras-dpn publish` prints it; "
+              "`sha256sum ARCHIVE`), or allow unverified downloads with allow_unverified=True "
+              f"/ {ALLOW_UNVERIFIED_ENV}=1 (--allow-unverified); nothing was downloaded.", url)
     origin = url.split("#", 1)[0]
     base = os.path.basename(origin.split("?", 1)[0]) or "preset.tar.gz"
     # Keyed by the URL: two servers' "model.tar.gz" must not share a cache file.
     fname = f"{hashlib.sha256(origin.encode()).hexdigest()[:10]}-{base}"
-    cache_dir = weights_lib._cache_dir()
+    cache_dir = weights_lib.cache_dir()
     target = os.path.join(cache_dir, weights_lib.CACHE_SUBDIR, fname)
     try:
+        # Unverified: never reuse a cached file (it may be a killed download's half).
         path = keras.utils.get_file(fname, origin=origin, file_hash=digest,
                                     hash_algorithm="sha256" if digest else "auto",
-                                    cache_dir=cache_dir, cache_subdir=weights_lib.CACHE_SUBDIR)
+                                    cache_dir=cache_dir, cache_subdir=weights_lib.CACHE_SUBDIR,
+                                    force_download=verify)
     except BaseException as e:
-        weights_lib._remove_quietly(target)
+        weights_lib.remove_quietly(target)
         if isinstance(e, KeyboardInterrupt):
             raise
         _fail(f"Could not download the preset archive: {e} (nothing was kept in the cache).",
               url)
+    if verify:
+        found = sha256_file(path)
+        import warnings
+
+        warnings.warn(f"Downloaded the preset archive unverified (no #sha256= in the URL); its "
+                      f"sha256 is {found}: pin it with {origin}#sha256={found}", stacklevel=3)
     return path, digest
 
 
-def get_preset(source, sha256=None):
+def get_preset(source, sha256=None, allow_unverified=None):
     """A verified :class:`Preset` from a folder, an archive, a URL or a registry key.
 
     Args:
@@ -448,6 +480,11 @@ def get_preset(source, sha256=None):
             appended: the download is verified); or a registered
             ``"arch.tag"`` whose URL is an archive.
         sha256: expected digest of an archive given by path or URL.
+        allow_unverified: download an ``http(s)://`` URL that has no
+            ``#sha256=`` and no ``sha256`` (a warning prints the digest
+            received and how to pin it). None: only when the environment
+            variable ``KERAS_DPN_ALLOW_UNVERIFIED`` is ``1``. Without it such
+            a URL is refused before anything is downloaded.
 
     Raises:
         ValueError: see :func:`read_preset` and :func:`unpack`; a failed
@@ -466,17 +503,17 @@ def get_preset(source, sha256=None):
                          f"Received: preset={source!r}")
     text = os.fspath(source)
     if weights_lib.is_url(text):
-        path, digest = _download(text)
+        path, digest = _download(text, True if sha256 else allow_unverified)
         try:
             return unpack(path, sha256=sha256 or digest, source=text)
         except BaseException:
-            weights_lib._remove_quietly(path)  # a bad download must not be reused
+            weights_lib.remove_quietly(path)  # a bad download must not be reused
             raise
     if os.path.isdir(text):
         return read_preset(text)
     if os.path.isfile(text):
         return unpack(text, sha256=sha256, source=text)
-    if text in weights_lib._REGISTRY:
+    if weights_lib.is_registered(text):
         entry = weights_lib.get_entry(text)
         if not entry.is_archive:
             _fail(f"{text!r} is registered as a bare weights file, not a preset archive; "
@@ -486,9 +523,9 @@ def get_preset(source, sha256=None):
         try:
             preset = unpack(path, sha256=entry.sha256, name=f"{entry.arch}_{entry.tag}",
                             source=text)
-            check_entry(preset, entry)
+            check_entry(preset, entry, remove=True)
         except BaseException:
-            weights_lib._remove_quietly(path)
+            weights_lib.remove_quietly(path)
             raise
         return preset
     registered = ", ".join(weights_lib.list_entries()) or "none registered"
@@ -496,8 +533,15 @@ def get_preset(source, sha256=None):
           f"one, or a registered 'arch.tag' ({registered}).", text)
 
 
-def check_entry(preset, entry):
-    """Raises when a downloaded preset is not what its registry entry promises."""
+def check_entry(preset, entry, remove=False):
+    """Raises when a downloaded preset is not what its registry entry promises.
+
+    Args:
+        preset: the unpacked :class:`Preset`.
+        entry: its :class:`keras_dpn.weights.WeightsEntry`.
+        remove: remove the preset's folder (the copy in the cache) when it
+            is refused, so that a refusal leaves nothing there.
+    """
     promised = {"variant": entry.arch, "input_shape": list(entry.input_shape),
                 "num_keypoints": entry.num_keypoints, "keypoints": entry.keypoints,
                 **weights_lib.complete_config(entry.arch, entry.config)}
@@ -509,6 +553,8 @@ def check_entry(preset, entry):
     if differ:
         details = ", ".join(f"{k}: entry {promised[k]!r}, preset {found.get(k)!r}"
                             for k in differ)
+        if remove:
+            shutil.rmtree(preset.path, ignore_errors=True)
         raise ValueError(f"The registry entry {entry.key!r} and the preset it downloads disagree "
                          f"({details}); fix the entry. Received: weights={entry.tag!r}")
 
@@ -517,12 +563,14 @@ def check_entry(preset, entry):
 # Building from a preset.
 
 
-def from_preset(source, **overrides):
+def from_preset(source, allow_unverified=None, **overrides):
     """Builds the model a preset describes and loads its weights.
 
     Args:
         source: see :func:`get_preset`; a registered ``"arch.tag"`` of a bare
             weights file works too (built from the entry's arguments).
+        allow_unverified: see :func:`get_preset` (an ``http(s)://`` URL
+            without ``#sha256=``).
         **overrides: builder arguments to change, e.g. ``input_shape``
             (fully convolutional: another size warns) or ``dtype``. Changing
             an architecture argument raises (the weights would not fit).
@@ -531,18 +579,27 @@ def from_preset(source, **overrides):
         A ``keras.Model``.
 
     Example:
-    >>> model = from_preset("presets/dpn4_32_coco")  # doctest: +SKIP
+    >>> import os, tempfile, keras_dpn
+    >>> with tempfile.TemporaryDirectory() as d:  # a preset folder (keras-dpn publish, save_preset)
+    ...     _ = save_preset(keras_dpn.DPN1_32(input_shape=(64, 48, 3)), os.path.join(d, "tiny"))
+    ...     model = from_preset(os.path.join(d, "tiny"))
+    >>> model.output_shape
+    (None, 16, 12, 17)
+
+    A registered ``"arch.tag"`` or a URL downloads the archive first (not run here):
+
+    >>> model = from_preset("DPN4_32.coco")  # doctest: +SKIP
     """
     from keras_dpn.models.registry import get_model
 
     text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-    if text in weights_lib._REGISTRY and not os.path.exists(text):
+    if weights_lib.is_registered(text) and not os.path.exists(text):
         entry = weights_lib.get_entry(text)
         if not entry.is_archive:
             kwargs = {**entry.arguments, **overrides}
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
             return get_model(entry.arch, weights=entry.tag, **kwargs)
-    preset = get_preset(source)
+    preset = get_preset(source, allow_unverified=allow_unverified)
     kwargs = {**preset.arguments, **overrides}
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
     return get_model(preset.variant, weights=preset.path, **kwargs)
@@ -601,8 +658,9 @@ def save_preset(model, folder, keypoints=None, metadata=None, export_dir=None,
             constructor (it knows its builder arguments, see
             :func:`keras_dpn.weights.builder_config`).
         folder: the preset folder to create.
-        keypoints: keypoint set name or spec (default: ``coco`` for 17
-            heatmaps, ``mpii`` for 16).
+        keypoints: keypoint set: a name, a keypoint-set file, a dict or a
+            ``KeypointSpec`` (default: ``coco`` for 17 heatmaps, ``mpii`` for
+            16); ``metadata.json`` records all its fields.
         metadata: extra ``metadata.json`` entries: ``training``, ``metrics``,
             ``formats`` (per-format metrics), ...
         export_dir: an export folder (``keras_dpn.export``) copied into
@@ -622,8 +680,6 @@ def save_preset(model, folder, keypoints=None, metadata=None, export_dir=None,
     """
     import keras
 
-    import keras_dpn
-
     config = weights_lib.builder_config(model)
     if config is None:
         raise ValueError(
@@ -636,9 +692,8 @@ def save_preset(model, folder, keypoints=None, metadata=None, export_dir=None,
     if keypoints is None:
         keypoints = {17: "coco", 16: "mpii"}.get(num_k)
     spec = get_keypoint_spec(keypoints)
-    if spec.num_keypoints != num_k:
-        raise ValueError(f"The model predicts {num_k} keypoints but keypoint set {spec.name!r} "
-                         f"has {spec.num_keypoints}. Received: keypoints={keypoints!r}")
+    check_keypoint_count(spec, num_k, f"the model {config['variant']}'s head",
+                         keypoint_source(keypoints))
     folder = os.path.abspath(os.fspath(folder))
     name = name or os.path.basename(folder)
     from keras_dpn import transforms
@@ -647,11 +702,11 @@ def save_preset(model, folder, keypoints=None, metadata=None, export_dir=None,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "variant": config["variant"],
-        "keras_dpn_version": keras_dpn.__version__,
+        "keras_dpn_version": __version__,
         "keras_version": keras.__version__,
         "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "parameter_count": int(model.count_params()),
-        "keypoints": _jsonable_spec(spec),
+        "keypoints": spec.to_dict(),
         "preprocessing": {
             "color": "RGB", "scale": 1 / 255.0, "mean": list(transforms.IMAGENET_MEAN),
             "std": list(transforms.IMAGENET_STD), "layout": "NHWC",
@@ -678,10 +733,6 @@ def save_preset(model, folder, keypoints=None, metadata=None, export_dir=None,
         meta["files"] = _hash_tree(tmp)
         _write_json(os.path.join(tmp, METADATA_FILE), meta)
     return read_preset(folder)
-
-
-def _jsonable_spec(spec):
-    return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
 def archive_preset(folder, path=None, archive_format="tar.gz"):
@@ -736,6 +787,25 @@ def _fmt(value):
     return "" if value is None else str(value)
 
 
+def _keypoints_section(recorded):
+    """The card's joint table: the OKS sigmas its AP was measured with, flip partners."""
+    try:
+        spec = get_keypoint_spec(recorded)
+    except ValueError:
+        return []
+    partner = {a: b for a, b in spec.flip_pairs}
+    partner.update({b: a for a, b in spec.flip_pairs})
+    lines = ["", f"## Keypoints: {spec.name!r} (metadata.json `keypoints`)", "",
+             "AP (COCO OKS) is computed with these sigmas; `--keypoints` files take the same "
+             "fields (docs/keypoints.md).", "",
+             "| # | joint | flip partner | OKS sigma | loss weight |", "|---|---|---|---|---|"]
+    weights = spec.weights
+    for j, name in enumerate(spec.names):
+        other = spec.names[partner[j]] if j in partner else ""
+        lines.append(f"| {j} | {name} | {other} | {spec.sigmas[j]:g} | {weights[j]:g} |")
+    return lines
+
+
 def model_card(config, metadata, files):
     """The preset's ``README.md``: what it is, how to load it, what it reaches."""
     args = config["arguments"]
@@ -764,6 +834,7 @@ def model_card(config, metadata, files):
         "|---|---|",
     ]
     lines += [f"| `{k}` | `{v}` |" for k, v in sorted(args.items())]
+    lines += _keypoints_section(metadata.get("keypoints"))
     training = metadata.get("training") or {}
     lines += ["", "## Training", ""]
     if training:

@@ -22,117 +22,28 @@ is written.
 """
 
 import csv
-import datetime
 import json
 import math
 import os
 import re
 import shutil
 
-from keras_dpn import io_utils, presets
+from keras_dpn import io_utils, presets, run_folder
 from keras_dpn import weights as weights_lib
 from keras_dpn.keypoints import get_keypoint_spec
 
-RUN_CONFIG = "run_config.json"
-BEST_WEIGHTS = "best.weights.h5"
-BEST_JSON = "best.json"
-STATE_FILE = os.path.join("checkpoints", "state.json")
-HISTORY_CSV = "history.csv"
-EXPORT_DIR = "export"
+# The run folder's contract (file names, run_config.json) is keras_dpn.run_folder's;
+# these names stay importable from here.
+from keras_dpn.run_folder import (  # noqa: F401
+    BEST_JSON, BEST_WEIGHTS, EXPORT_DIR, HISTORY_CSV, RUN_CONFIG, keypoints_record,
+    read_run_config, record_run, run_record)
+
+STATE_FILE = os.path.join(run_folder.CHECKPOINT_DIR, run_folder.STATE_FILE)
 # The per-format table (AP of every exported file) is read from the export
 # folder when a measurement left one there.
 ACCURACY_FILE = "accuracy.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 URL_PLACEHOLDER = "https://YOUR-HOST/{file}"
-
-
-# ---------------------------------------------------------------------------
-# run_config.json
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _trainer_settings(trainer):
-    names = ("learning_rate", "lr_boundaries", "lr_factor", "epochs", "steps_per_epoch",
-             "precision", "loop", "jit_compile", "monitor", "monitor_mode")
-    settings = {k: getattr(trainer, k) for k in names if hasattr(trainer, k)}
-    strategy = getattr(trainer, "strategy", None)
-    if strategy is not None:
-        settings["strategy"] = type(strategy).__name__
-        settings["replicas"] = int(getattr(strategy, "num_replicas_in_sync", 1))
-    return settings
-
-
-def record_run(output_dir, trainer=None, model=None, **info):
-    """Records what a run trains in ``OUTPUT/run_config.json`` (atomic; merged on resume).
-
-    Args:
-        output_dir: the run folder.
-        trainer: a :class:`keras_dpn.training.Trainer` (its model and
-            settings are recorded).
-        model: the model, when there is no trainer.
-        **info: more entries, e.g. ``keypoints="coco"``, ``dataset={...}``,
-            ``training={...}`` (merged into the trainer's settings),
-            ``recipe={...}``.
-
-    Returns:
-        The recorded dict.
-    """
-    path = os.path.join(os.fspath(output_dir), RUN_CONFIG)
-    previous = {}
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = {}  # a damaged record is rewritten whole
-    model = model if model is not None else getattr(trainer, "model", None)
-    record = dict(previous)
-    record.setdefault("created", _now())
-    record["updated"] = _now()
-    import keras_dpn
-    record["keras_dpn_version"] = keras_dpn.__version__
-    training = dict(previous.get("training") or {})
-    if trainer is not None:
-        training.update(_trainer_settings(trainer))
-        info = {**(getattr(trainer, "run_info", None) or {}), **info}
-    training.update(info.pop("training", None) or {})
-    record["training"] = training
-    if model is not None:
-        from keras_dpn.training import architecture_fingerprint
-        record["model"] = weights_lib.builder_config(model)
-        record["architecture"] = architecture_fingerprint(model)
-        num_k = int(model.output_shape[-1])
-        record.setdefault("keypoints", {17: "coco", 16: "mpii"}.get(num_k))
-    record.update(info)
-    with io_utils.atomic_file(path, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    return record
-
-
-def read_run_config(run_dir):
-    """The ``run_config.json`` of a run folder.
-
-    Raises:
-        ValueError: the folder or the file is missing or unreadable.
-    """
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise ValueError(f"The run folder does not exist. Received: run_dir={run_dir!r}")
-    path = os.path.join(run_dir, RUN_CONFIG)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"The run folder holds no {RUN_CONFIG}, so its builder arguments are unknown (runs "
-            "record it from keras-dpn 0.2: Trainer, recipes/train_coco.py). "
-            f"Received: run_dir={run_dir!r}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{RUN_CONFIG} cannot be read ({e}). Received: run_dir={run_dir!r}") from e
 
 
 # ---------------------------------------------------------------------------
@@ -146,10 +57,14 @@ def _refuse(message, run_dir):
 def _read_json(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"A file of the run cannot be read as JSON ({e}); nothing was written. "
                          f"Received: {path}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"A file of the run holds a JSON {type(data).__name__}, not an object; "
+                         f"nothing was written. Received: {path}")
+    return data
 
 
 def _finite(value):
@@ -165,12 +80,22 @@ def _last_evaluation(run_dir, prefix="val_"):
     if not os.path.isfile(path):
         return None, {}
     last = (None, {})
+    shift = None
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        for row in reader:
+            try:
+                epoch = int(row.get("epoch"))
+            except (TypeError, ValueError):
+                raise ValueError(f"{HISTORY_CSV} line {reader.line_num}: `epoch` must be a whole "
+                                 f"number, found {row.get('epoch')!r}; nothing was written. "
+                                 f"Received: {path}") from None
+            if shift is None:  # keras-dpn 0.1 numbered the rows from 0, later ones from 1
+                shift = 1 if epoch == 0 else 0
             values = {k: float(v) for k, v in row.items()
                       if k and k.startswith(prefix) and _finite(v)}
             if values:
-                last = (int(row["epoch"]) + 1, values)  # history counts epochs from 0
+                last = (epoch + shift, values)
     return last
 
 
@@ -227,10 +152,18 @@ def _check_run(run_dir, run_config, weights_file):
         _refuse(f"{RUN_CONFIG} records no input_shape [H, W, 3] and num_keypoints for the "
                 f"model (found input_shape={shape!r}, num_keypoints={num_k!r}).", run_dir)
     keypoints = run_config.get("keypoints")
+    # A dict (KeypointSpec.to_dict) since keras-dpn 0.2; a built-in name before.
+    if not isinstance(keypoints, (str, dict)):
+        _refuse(f"{RUN_CONFIG} records no keypoint set (`keypoints` must be 'coco', 'mpii' or "
+                f"the set's fields, found {type(keypoints).__name__}).", run_dir)
+    if isinstance(keypoints, str) and keypoints not in ("coco", "mpii"):
+        _refuse(f"{RUN_CONFIG} names the keypoint set {keypoints[:60]!r} but does not record "
+                "its fields (a run of an older keras-dpn): replace the value by the set's "
+                "json (docs/keypoints.md).", run_dir)
     try:
-        spec = get_keypoint_spec(keypoints)
+        spec = get_keypoint_spec(keypoints, source=f"{RUN_CONFIG} `keypoints`")
     except ValueError as e:
-        _refuse(f"{RUN_CONFIG} names an unknown keypoint set: {e}.", run_dir)
+        _refuse(str(e), run_dir)
     if spec.num_keypoints != num_k:
         _refuse(f"Inconsistent keypoint set: {RUN_CONFIG} says {spec.name!r} "
                 f"({spec.num_keypoints} joints) but the model has num_keypoints={num_k}.",
@@ -247,10 +180,18 @@ def _check_run(run_dir, run_config, weights_file):
             _refuse(f"Inconsistent input size: the export folder's models take "
                     f"{export_meta.get('input_size')}, the run's model {shape[:2]}.", run_dir)
         exported_k = export_meta.get("num_keypoints")
-        exported_set = (export_meta.get("keypoints") or {}).get("name")
-        if exported_k != num_k or (exported_set is not None and exported_set != spec.name):
+        recorded = export_meta.get("keypoints") or {}
+        exported_set = recorded.get("name")
+        try:  # exports of keras-dpn 0.1 carry a part of the set's fields
+            exported_spec = get_keypoint_spec(recorded) if "sigmas" in recorded else None
+        except ValueError:
+            exported_spec = None
+        if exported_k != num_k or (exported_set is not None and exported_set != spec.name) or (
+                exported_spec is not None and exported_spec != spec):
+            differ = "" if exported_spec is None else " (fields that differ: " + ", ".join(
+                k for k, v in spec.to_dict().items() if exported_spec.to_dict()[k] != v) + ")"
             _refuse(f"Inconsistent keypoint set: the export folder holds {exported_k} keypoints "
-                    f"({exported_set}), the run {num_k} ({spec.name}).", run_dir)
+                    f"({exported_set}), the run {num_k} ({spec.name}){differ}.", run_dir)
     if not os.path.isfile(weights_file):
         _refuse(f"There are no weights to publish: {weights_file} does not exist (the run "
                 "kept no best epoch: no evaluation ran or none was finite). Name a weights "
@@ -261,7 +202,8 @@ def _check_run(run_dir, run_config, weights_file):
 def _build_and_verify(run_dir, variant, arguments, weights_file, run_config):
     """The run's model rebuilt from its config, checked against the run's own records."""
     from keras_dpn.models.registry import get_model
-    from keras_dpn.training import architecture_fingerprint, precision_policy, read_state
+    from keras_dpn.precision import precision_policy
+    from keras_dpn.run_folder import architecture_fingerprint, read_state
 
     kwargs = dict(arguments, input_shape=tuple(arguments["input_shape"]))
     with precision_policy("float32"):  # a preset holds float32 weights
@@ -329,7 +271,10 @@ def publish_run(run_dir, name, out_dir="presets", tag=None, url=None, weights=No
         out_dir: where they go.
         tag: the registry tag (default: the run's dataset, e.g. ``"coco"``).
         url: where the archive will be served (default: a placeholder to
-            replace).
+            replace): an ``http(s)://`` URL of the archive (ending in
+            ``.tar.gz`` / ``.zip`` as ``archive_format``), or of its folder
+            ending in ``/`` (the archive's name is appended); ``file://``
+            for local tests.
         weights: the weights file to publish (default: the run's
             ``best.weights.h5``).
         include_export: copy the run's ``export/`` folder into the preset.
@@ -342,10 +287,20 @@ def publish_run(run_dir, name, out_dir="presets", tag=None, url=None, weights=No
         ``register(...)`` call).
 
     Raises:
-        ValueError: a bad name, or a run whose config, weights, checkpoint
-            state or export folder disagree (keypoint set, input size,
-            architecture); nothing is written.
+        ValueError: a bad name or URL, an output that cannot be written (a
+            file where a folder goes or the reverse, a read-only folder), or
+            a run whose config, weights, checkpoint state or export folder
+            disagree (keypoint set, input size, architecture); nothing is
+            written.
         FileExistsError: the preset exists and ``overwrite`` is False.
+        OSError: a write failed (full disk): one line naming the output;
+            what stood there before is unchanged.
+
+    The folder, archive and registry file are made in a hidden
+    ``OUT_DIR/.NAME.partial-*`` folder and moved into place last (the
+    registry file last of all). A release without its registry file is
+    incomplete (an interrupted publish) and a rerun replaces it; a rerun also
+    removes what a killed publish left (``.NAME.partial-*`` of dead processes).
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or name.endswith(
@@ -355,18 +310,23 @@ def publish_run(run_dir, name, out_dir="presets", tag=None, url=None, weights=No
     if archive_format not in ("tar.gz", "zip"):
         raise ValueError(f"`archive_format` must be 'tar.gz' or 'zip'. "
                          f"Received: archive_format={archive_format!r}")
+    if url is not None:
+        weights_lib.check_url(url)
+        if url.endswith("/"):
+            url += f"{name}.{archive_format}"
+        elif not weights_lib.url_path(url).endswith(f".{archive_format}"):
+            raise ValueError(f"`url` must name the .{archive_format} archive, or a folder "
+                             f"(ending in /). Received: url={url!r}")
     run_config = read_run_config(run_dir)
+    # A run still training would be published half-way (its best weights may change).
+    run_folder.check_not_locked(run_dir, action="publish it")
     weights_file = os.path.abspath(weights or os.path.join(run_dir, BEST_WEIGHTS))
     variant, arguments, spec, export_dir = _check_run(run_dir, run_config, weights_file)
     out_dir = os.path.abspath(os.fspath(out_dir))
     folder = os.path.join(out_dir, name)
     archive = f"{folder}.{archive_format}"
     registry_file = f"{folder}.registry.json"
-    if not overwrite:
-        for path in (folder, archive, registry_file):
-            if os.path.exists(path):
-                raise FileExistsError(f"{path} already exists. Pass overwrite=True (--overwrite) "
-                                      "to replace the release; nothing was written.")
+    _check_targets(out_dir, folder, archive, registry_file, overwrite)
     if tag is None:
         dataset = run_config.get("dataset")
         tag = (dataset.get("name") if isinstance(dataset, dict) else dataset) or spec.name
@@ -387,25 +347,90 @@ def publish_run(run_dir, name, out_dir="presets", tag=None, url=None, weights=No
         metadata["last_evaluation"] = {"epoch": epoch, **last}
     if export_dir is not None and include_export:
         metadata["formats"] = _export_table(export_dir)
-    # Saved from the verified float32 model rather than copied: a run's best
-    # weights file also holds the optimizer's state (twice the weights, for Adam).
-    preset = presets.save_preset(model, folder, keypoints=spec, metadata=metadata,
-                                 export_dir=export_dir if include_export else None,
-                                 name=name, overwrite=overwrite)
+    for path in (folder, archive, registry_file):
+        io_utils.remove_partial_leftovers(path)  # of a killed publish
+    _check_free_space(out_dir, name, model, export_dir if include_export else None)
+    stage = None
     try:
-        archive, digest = presets.archive_preset(folder, archive, archive_format)
+        os.makedirs(out_dir, exist_ok=True)
+        stage = io_utils.make_partial_directory(folder)
+        staged = os.path.join(stage, name)
+        # Saved from the verified float32 model rather than copied: a run's best
+        # weights file also holds the optimizer's state (twice the weights, for Adam).
+        preset = presets.save_preset(model, staged, keypoints=spec, metadata=metadata,
+                                     export_dir=export_dir if include_export else None,
+                                     name=name)
+        staged_archive, digest = presets.archive_preset(
+            staged, os.path.join(stage, os.path.basename(archive)), archive_format)
         entry = registry_entry(preset, tag, url or URL_PLACEHOLDER.format(
             file=os.path.basename(archive)), digest)
-        with io_utils.atomic_file(registry_file, "w") as f:
+        staged_registry = os.path.join(stage, os.path.basename(registry_file))
+        with open(staged_registry, "w") as f:
             json.dump([entry], f, indent=2)
             f.write("\n")
-    except BaseException:
-        if not overwrite:  # a new release is all there or not there at all
-            shutil.rmtree(folder, ignore_errors=True)
-            weights_lib._remove_quietly(archive)
-        raise
+        # Renames only from here; the registry file last: without it a
+        # release is incomplete and a rerun replaces it.
+        io_utils.replace_directory(staged, folder)
+        os.replace(staged_archive, archive)
+        os.replace(staged_registry, registry_file)
+    except OSError as e:
+        raise io_utils.write_error(e, out_dir, f"Cannot write the release {name!r} into") from e
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     return {"preset": folder, "archive": archive, "sha256": digest, "entry": entry,
             "registry_file": registry_file, "code": entry_code(entry)}
+
+
+def _check_targets(out_dir, folder, archive, registry_file, overwrite):
+    """Refuses, before any work, outputs that cannot be written or that hold a release."""
+    io_utils.check_output_folder(out_dir, "out_dir")
+    for path, want_dir in ((folder, True), (archive, False), (registry_file, False)):
+        if os.path.lexists(path) and os.path.isdir(path) != want_dir:
+            found, wanted = ("A folder", "file") if not want_dir else ("A file", "folder")
+            raise ValueError(f"{found} stands where the release's {wanted} goes; it is left "
+                             f"as it is and nothing was written. Received: {path}")
+    if overwrite or _incomplete_release(folder, registry_file):
+        return
+    for path in (folder, archive, registry_file):
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} already exists. Pass overwrite=True (--overwrite) "
+                                  "to replace the release; nothing was written.")
+
+
+def _check_free_space(out_dir, name, model, export_dir):
+    """Refuses a release that cannot fit: h5py crashes the process (segmentation fault)
+    when the disk fills while it closes the weights file."""
+    import errno
+
+    size = model.count_params() * 4 + 2048 * len(model.weights)  # float32 + HDF5 headers
+    if export_dir is not None:
+        for dirpath, _, filenames in os.walk(export_dir):
+            size += sum(os.path.getsize(os.path.join(dirpath, n)) for n in filenames)
+    needed = 2 * size + (256 << 10)  # the folder and the archive (weights compress little)
+    try:
+        stat = os.statvfs(out_dir)
+    except (AttributeError, OSError):  # no statvfs (Windows): the writes will tell
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"Not enough free space for the release {name!r} in "
+                                    f"{out_dir}: about {needed / 1e6:.1f} MB needed, "
+                                    f"{free / 1e6:.1f} MB free; nothing was written")
+
+
+def _incomplete_release(folder, registry_file):
+    """True for what an interrupted publish left: a preset folder that publish wrote
+    (its metadata.json records a registry tag) without its registry file."""
+    if os.path.exists(registry_file) or not os.path.isdir(folder):
+        return False
+    try:
+        with open(os.path.join(folder, presets.METADATA_FILE)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "tag" in meta and meta.get("name") == os.path.basename(
+        folder)
 
 
 def _training_section(run_dir, run_config, weights, weights_file):

@@ -34,16 +34,70 @@ How it works:
 
 import argparse
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 
+# The child reads the pid of the process it must not outlive from here.
+PARENT_ENV = "KERAS_DPN_QAT_PARENT"
+
+
+# The keyword arguments of run_subprocess that callers pass through (export's qat_kwargs).
+RUN_OPTIONS = ("epochs", "batch_size", "learning_rate", "sparsity", "max_crops", "timeout",
+               "report_path", "log_path")
+
+
+class QATError(RuntimeError):
+    """The QAT / pruning child process failed; the message is one line."""
+
+
+def check_options(epochs=4, batch_size=8, learning_rate=None, sparsity=0.5, max_crops=64,
+                  timeout=3600):
+    """Raises a one-line ValueError for a QAT / pruning option out of range.
+
+    Called before any work (export checks them before it writes a file).
+
+    Example:
+    >>> check_options(epochs=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `epochs` must be an integer >= 1 (--qat-epochs). Received: epochs=-1
+    """
+    def integer(value, name, flag):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1{flag}. Received: {name}={value!r}")
+
+    integer(epochs, "epochs", " (--qat-epochs)")
+    integer(batch_size, "batch_size", "")
+    integer(max_crops, "max_crops", "")
+    for value, name, low, high in ((learning_rate, "learning_rate", 0.0, math.inf),
+                                   (sparsity, "sparsity", 0.0, 1.0),
+                                   (timeout, "timeout", 0.0, math.inf)):
+        if value is None and name == "learning_rate":
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+                or not low < float(value) < high):
+            bound = f"in ({low:g}, {high:g})" if high < math.inf else f"> {low:g}"
+            raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
+
+
+def _last_error_line(output):
+    """The line of a child's output that says what went wrong (its exception)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    pattern = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit)\b|[\w .-]+: error: )")
+    for line in reversed(lines):
+        if pattern.match(line):
+            return line
+    return lines[-1] if lines else "no output"
+
 
 def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epochs=4,
                    batch_size=8, learning_rate=None, sparsity=0.5, max_crops=64,
-                   timeout=3600, report_path=None):
+                   timeout=3600, report_path=None, log_path=None):
     """Runs QAT or pruning in a fresh Python process; returns its JSON report.
 
     Args:
@@ -62,17 +116,27 @@ def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epoc
         timeout: seconds before the child is killed.
         report_path: where the child writes its JSON report (default: beside
             ``out_path`` with ``.json``).
+        log_path: where the child's whole output goes when it fails (default:
+            beside ``out_path`` with ``.log``); the error names it.
 
     Returns:
         The report dict (fidelity of the rebuilt model, training loss, sizes).
 
-    Example:
+    Raises:
+        ValueError: an option out of range (before the child starts).
+        QATError: the child failed or timed out: one line with its last
+            error line and the log file holding its whole output.
+
+    Example (not run: QAT of even a tiny model takes about two minutes on two cores):
+
     >>> from keras_dpn import qat
     >>> qat.run_subprocess("model.keras", "model_qat_int8.tflite")  # doctest: +SKIP
     """
     if mode not in ("qat", "prune"):
         raise ValueError(f"`mode` must be 'qat' or 'prune'. Received: mode={mode!r}")
+    check_options(epochs, batch_size, learning_rate, sparsity, max_crops, timeout)
     report_path = report_path or os.path.splitext(os.fspath(out_path))[0] + ".json"
+    log_path = os.fspath(log_path or os.path.splitext(os.fspath(out_path))[0] + ".log")
     cmd = [sys.executable, "-m", "keras_dpn.qat", "--model", os.fspath(model_path),
            "--out", os.fspath(out_path), "--mode", mode, "--epochs", str(epochs),
            "--batch-size", str(batch_size), "--sparsity", str(sparsity), "--max-crops", str(max_crops),
@@ -87,13 +151,42 @@ def run_subprocess(model_path, out_path, calibration_path=None, mode="qat", epoc
     # The child must import this checkout of keras_dpn.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise RuntimeError(f"`python -m keras_dpn.qat --mode {mode}` failed "
-                           f"(exit {proc.returncode}):\n{tail}")
+    # The child's temporary files go where the caller's go (export: a folder
+    # that a rerun removes once this process is dead), and it dies with us.
+    import tempfile
+    env["TMPDIR"] = tempfile.gettempdir()
+    env[PARENT_ENV] = str(os.getpid())
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        output, failure = proc.stdout + proc.stderr, proc.returncode != 0
+        reason = f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired as e:
+        output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                         for x in (e.stdout, e.stderr))
+        failure, reason = True, f"killed after timeout={timeout} s"
+    if failure:
+        from keras_dpn import io_utils
+        with io_utils.atomic_file(log_path, "w") as f:
+            f.write(f"$ {' '.join(cmd)}\n{output}")
+        raise QATError(f"`python -m keras_dpn.qat --mode {mode}` failed ({reason}): "
+                       f"{_last_error_line(output)} (its whole output: {log_path})")
     with open(report_path) as f:
         return json.load(f)
+
+
+def _die_with_parent():
+    """Child: exit when the process that started it dies (Linux; kill -9 included)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # died before the signal was set
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------
@@ -289,10 +382,14 @@ def main(argv=None):
     parser.add_argument("--max-crops", type=int, default=64)
     parser.add_argument("--report", help="JSON report path")
     args = parser.parse_args(argv)
+    _die_with_parent()
     if not args.out.endswith(".tflite"):
         parser.error(f"--out must end with .tflite. Received: --out={args.out!r}")
-    if not 0.0 < args.sparsity < 1.0:
-        parser.error(f"--sparsity must be in (0, 1). Received: --sparsity={args.sparsity!r}")
+    try:
+        check_options(args.epochs, args.batch_size, args.learning_rate, args.sparsity,
+                      args.max_crops)
+    except ValueError as e:
+        parser.error(str(e))
 
     if args.learning_rate is None:
         args.learning_rate = 1e-5 if args.mode == "qat" else 3e-4
@@ -303,7 +400,8 @@ def main(argv=None):
     import keras  # Keras 3, to read the source model
     import tensorflow as tf
 
-    import keras_dpn  # noqa: F401  registers the custom layers
+    # The custom layers are registered: `python -m keras_dpn.qat` imports the
+    # package root (keras_dpn/__init__.py) first, which imports them.
     from keras_dpn import calibration, io_utils
 
     source = keras.saving.load_model(args.model, compile=False)

@@ -46,6 +46,12 @@ leaves the previous epoch's checkpoint intact)::
       logs/                     TensorBoard event files
       history.csv               one row per epoch (loss, lr, val_AP, ...)
       run_config.json           builder arguments, keypoint set, data, settings (keras_dpn.publish)
+      .lock                     held while a run trains (keras_dpn.run_folder)
+
+One run owns the folder (``.lock``), ``resume`` refuses settings that differ
+from ``run_config.json``, a deterministic resume continues the input order
+bit-identically, and a failed write (full disk) ends the run in one line with
+``history.csv`` listing only checkpointed epochs: docs/run-folder.md.
 
 Example:
 >>> import tempfile, numpy as np, tensorflow as tf, keras_dpn
@@ -54,16 +60,16 @@ Example:
 >>> y = np.zeros((4, 16, 12, 17), "float32")
 >>> w = np.ones((4, 17), "float32")
 >>> ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(2)
->>> trainer = Trainer(lambda: keras_dpn.DPN(num_modules=1, input_shape=(64, 48, 3)),
-...                   output_dir=tempfile.mkdtemp(), strategy="default", epochs=1,
-...                   steps_per_epoch=2, verbose=0)
->>> history = trainer.fit(ds)
+>>> with tempfile.TemporaryDirectory() as output_dir:
+...     trainer = Trainer(lambda: keras_dpn.DPN(num_modules=1, input_shape=(64, 48, 3)),
+...                       output_dir=output_dir, strategy="default", epochs=1,
+...                       steps_per_epoch=2, verbose=0)
+...     history = trainer.fit(ds)
 >>> history["epoch"]
 [0]
 """
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -74,7 +80,14 @@ import sys
 import keras
 import numpy as np
 
-from keras_dpn import _optional
+from keras_dpn import _optional, run_folder
+# Mixed precision and the run folder's files are shared with keras-dpn publish
+# (keras_dpn.publish), which imports them from there, not from here.
+from keras_dpn.precision import PRECISIONS, precision_policy, resolve_precision  # noqa: F401
+from keras_dpn.run_folder import RunFolderWriteError  # noqa: F401 (raised here, named here)
+from keras_dpn.run_folder import (  # noqa: F401
+    BEST_JSON, BEST_WEIGHTS, CHECKPOINT_DIR, HISTORY_CSV, LOG_DIR, RUN_CONFIG, STATE_FILE,
+    architecture_fingerprint, read_state, record_run)
 from keras_dpn.io_utils import atomic_file, atomic_path
 
 # Imported on first use: the JAX / PyTorch path needs no TensorFlow.
@@ -83,14 +96,7 @@ tf = _optional.LazyModule("tensorflow", "TensorFlow training (tf.distribute stra
 
 STRATEGIES = ("mirrored", "multi_worker", "default")
 LOOPS = ("auto", "fit", "custom")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.json"
-BEST_WEIGHTS = "best.weights.h5"
-BEST_JSON = "best.json"
-HISTORY_CSV = "history.csv"
-LOG_DIR = "logs"
 # keras-dpn 0.1.0 checkpointed `model.weights` as a flat list under this key.
 LEGACY_WEIGHTS_KEY = "weights"
 
@@ -105,6 +111,8 @@ class TrainingDivergedError(RuntimeError):
 
 class ArchitectureMismatchError(ValueError):
     """Raised when a checkpoint was written for a different model."""
+
+
 
 
 # ---------------------------------------------------------------------------
@@ -237,39 +245,6 @@ def is_multi_worker(strategy):
     if isinstance(strategy, KerasDistribution) or "tensorflow" not in sys.modules:
         return False
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def resolve_precision(precision):
-    """Maps ``True``/``False``/a policy name to a Keras dtype policy name.
-
-    ``True`` picks ``mixed_float16`` on a GPU and ``mixed_bfloat16`` on a CPU
-    (bfloat16 needs no loss scaling and is fast on AVX-512 BF16 CPUs), on
-    every backend.
-    """
-    if precision in (None, False):
-        return "float32"
-    if precision is True:
-        return "mixed_float16" if _optional.has_gpu() else "mixed_bfloat16"
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"`mixed_precision` must be a bool or one of {PRECISIONS}. "
-            f"Received: mixed_precision={precision!r}")
-    return precision
-
-
-@contextlib.contextmanager
-def precision_policy(precision):
-    """Sets the global Keras dtype policy for the block, then restores it.
-
-    Layers keep the policy they were built with, so building the model inside
-    this block is enough; the rest of the process is left as it was.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(resolve_precision(precision))
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def configure_reproducibility(seed=None, deterministic=False):
@@ -407,33 +382,82 @@ def learning_rate_at(optimizer):
 # Checkpoint bookkeeping.
 
 
-def architecture_fingerprint(model):
-    """Describes a model's variables: name, count and a hash of paths and shapes.
-
-    Two models share a fingerprint exactly when every checkpointed variable
-    has the same path and shape, i.e. when a checkpoint of one restores
-    into the other.
-    """
-    entries = [f"{v.path}:{tuple(v.shape)}" for v in model.weights]
-    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
-    return {"name": model.name, "num_weights": len(entries),
-            "num_params": int(sum(int(np.prod(v.shape)) for v in model.weights)),
-            "sha256_16": digest}
-
-
-def read_state(output_dir):
-    """Returns the ``state.json`` of a training folder, or None if it has none."""
-    path = os.path.join(os.fspath(output_dir), CHECKPOINT_DIR, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _write_json(path, obj):
     with atomic_file(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def _writing(path, what):
+    """Turns an I/O failure of the block (``OSError``, or TensorFlow's error for a
+    checkpoint or summary write) into one :class:`RunFolderWriteError` line."""
+    # A failing h5py write frees its objects while the error unwinds, and each
+    # prints an "Exception ignored" traceback about the same full disk (13 of
+    # them for one .weights.h5; Cython prints them through sys.excepthook, then
+    # sys.unraisablehook): held here, shown only if the block did not fail so.
+    held, hook, excepthook = [], sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = held.append
+    sys.excepthook = lambda *exc_info: held.append(exc_info)
+    reason = None
+    try:
+        try:
+            yield
+        except RunFolderWriteError:
+            raise
+        except Exception as e:
+            tf_module = sys.modules.get("tensorflow")
+            errno = getattr(e, "errno", None) if isinstance(e, OSError) else None
+            if isinstance(e, OSError):
+                # h5py's text spans lines (time, buffer, offsets): the errno says it all.
+                reason = os.strerror(errno) if errno else str(e).splitlines()[0]
+            elif tf_module is not None and isinstance(e, tf_module.errors.OpError):
+                # "{{function_node ...}} /path/x.tempstate123; No space left on device [Op:SaveV2]"
+                found = re.search(r";\s*([^;]+?)\s*(?:\[Op:\w+\])?\s*$", e.message or "")
+                reason = found.group(1) if found else type(e).__name__
+            else:
+                raise
+            # Free the failed writer's objects now, while their complaints are held.
+            import traceback
+            traceback.clear_frames(e.__traceback__)
+        if reason is not None:
+            import gc
+            gc.collect()
+            _close_h5_files(path)
+    finally:
+        sys.unraisablehook, sys.excepthook = hook, excepthook
+        if reason is None:
+            for unraisable in held:
+                if isinstance(unraisable, tuple):
+                    excepthook(*unraisable)
+                else:
+                    hook(unraisable)
+    if reason is None:
+        return
+    error = RunFolderWriteError(
+        f"Could not write {what} to {path} ({reason}). The newest complete checkpoint "
+        "is kept and history.csv lists only checkpointed epochs: free space or make the "
+        "folder writable, then resume (--resume).")
+    error.errno = errno
+    raise error
+
+
+def _close_h5_files(folder):
+    """Closes HDF5 files under ``folder`` that a failed write left open.
+
+    Their flush fails again at every close attempt, and at interpreter exit
+    h5py prints a traceback for each; closed here while the complaints are held.
+    """
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            name = fid.name.decode() if isinstance(fid.name, bytes) else str(fid.name)
+            if name.startswith(os.fspath(folder)):
+                h5py.File(fid).close()  # closes every object of the file, then the file
+        except Exception:
+            pass
 
 
 def _all_finite(model):
@@ -547,23 +571,35 @@ class _NaNGuard(keras.callbacks.Callback):
 class _HistoryCSV(keras.callbacks.Callback):
     """``history.csv``: one row per finished epoch, rewritten atomically.
 
-    Rows of epochs at or after the resume point (written by a run killed
-    before its checkpoint) are dropped, so no epoch appears twice. Columns
-    are the union of all keys seen (``val_AP`` may appear every k epochs).
+    Epochs are numbered from 1, as the progress log, ``best.json`` and
+    ``state.json`` count them. Rows after the resume point (written by a run
+    killed before its checkpoint) are dropped, so no epoch appears twice.
+    Columns are the union of all keys seen (``val_AP`` may appear every k
+    epochs).
     """
 
-    def __init__(self, path, initial_epoch):
+    def __init__(self, path, initial_epoch, state=None):
         super().__init__()
         self._path = path
         self._rows = []
         if os.path.exists(path):
             import csv
             with open(path, newline="") as f:
-                self._rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < initial_epoch]
+                rows = list(csv.DictReader(f))
+            # Runs of keras-dpn 0.1 numbered their rows from 0: renumber them.
+            shift = 1 if rows and int(rows[0]["epoch"]) == 0 else 0
+            for r in rows:
+                r["epoch"] = int(r["epoch"]) + shift
+            self._rows = [r for r in rows if r["epoch"] <= initial_epoch]
+        # The row follows the checkpoint: a run killed between the two left the
+        # epoch out, and state.json holds its logs.
+        if (initial_epoch and state and state.get("epoch") == initial_epoch
+                and all(r["epoch"] != initial_epoch for r in self._rows)):
+            self._rows.append({"epoch": initial_epoch, **(state.get("logs") or {})})
 
     def on_epoch_end(self, epoch, logs=None):
         import csv
-        row = {"epoch": epoch}
+        row = {"epoch": epoch + 1}
         row.update({k: (float(v) if _is_finite(v) else v) for k, v in (logs or {}).items()})
         self._rows.append(row)
         keys = ["epoch"] + sorted({k for r in self._rows for k in r} - {"epoch"})
@@ -594,12 +630,13 @@ class _ScalarSummaries(keras.callbacks.Callback):
         self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, "train"))
 
     def on_epoch_end(self, epoch, logs=None):
-        with self._writer.as_default():
+        with _writing(self._log_dir, f"the TensorBoard logs of epoch {epoch + 1}"), \
+                self._writer.as_default():
             for key, value in (logs or {}).items():
                 if _is_finite(value):
                     tf.summary.write(f"epoch_{key}", tf.constant(float(value), tf.float32),
                                      step=epoch + 1, metadata=self._metadata)
-        self._writer.flush()
+            self._writer.flush()
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -614,10 +651,11 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     finite, so NaN weights never replace good ones.
     """
 
-    def __init__(self, trainer, guard):
+    def __init__(self, trainer, guard, history=None):
         super().__init__()
         self._trainer = trainer
         self._guard = guard
+        self._history = history
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -628,7 +666,19 @@ class _EpochCheckpoint(keras.callbacks.Callback):
                 self._guard.tripped_at = (epoch, None)
             self.model.stop_training = True
             return
-        t._save_epoch(epoch, logs)
+        try:
+            with _writing(t.output_dir, f"the checkpoint of epoch {epoch + 1}"):
+                t._save_epoch(epoch, logs)
+        except RunFolderWriteError:
+            # tf.train.Checkpoint writes into ckpt-N_temp/ first and leaves it on failure.
+            for name in os.listdir(t.checkpoint_dir) if os.path.isdir(t.checkpoint_dir) else ():
+                if name.endswith("_temp"):
+                    shutil.rmtree(os.path.join(t.checkpoint_dir, name), ignore_errors=True)
+            raise
+        if self._history is not None:
+            # After the checkpoint: history.csv never lists an epoch a resume would redo.
+            with _writing(self._history._path, f"the history row of epoch {epoch + 1}"):
+                self._history.on_epoch_end(epoch, logs)
 
 
 class Trainer:
@@ -735,6 +785,7 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.model = None
         self.optimizer = None
+        self.seed, self.deterministic = seed, bool(deterministic)
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -830,6 +881,7 @@ class Trainer:
                 f"({found.get('num_params')} values), but the model is {expected['name']} with "
                 f"{expected['num_weights']} weights ({expected['num_params']} values). Use the "
                 "matching --model or another --output; nothing was written.")
+        self._check_resume_settings()
         if self._tf_checkpoints:
             status = self._checkpoint_for(latest).restore(latest)
             # Fails if any variable of the model (BN statistics included) or the
@@ -851,6 +903,16 @@ class Trainer:
                   f"{int(self.optimizer.iterations.numpy())}, "
                   f"lr {learning_rate_at(self.optimizer):g}.")
         return epoch
+
+    def _check_resume_settings(self):
+        """Refuses settings that differ from the run's ``run_config.json`` (see
+        :data:`keras_dpn.run_folder.RESUME_MAY_CHANGE`), before anything is written."""
+        path = os.path.join(self.output_dir, RUN_CONFIG)
+        if not os.path.isfile(path):
+            return  # a run of keras-dpn 0.1, or a worker that does not see the chief's files
+        recorded = run_folder.read_run_config(self.output_dir)
+        run_folder.check_resume_settings(recorded, run_folder.run_record(trainer=self),
+                                         self.output_dir)
 
     @staticmethod
     def _legacy_layout(path):
@@ -956,7 +1018,17 @@ class Trainer:
             TrainingDivergedError: on a NaN or infinite loss, or when a
                 callback raises it (evaluation of non-finite predictions).
             ArchitectureMismatchError: the checkpoint is for another model.
-            FileExistsError: ``output_dir`` holds a run and ``resume`` is False.
+            FileExistsError: ``output_dir`` holds a run and ``resume`` is False,
+                or another live run holds its lock
+                (:class:`keras_dpn.run_folder.RunFolderLockedError`).
+            keras_dpn.run_folder.ResumeSettingsError: ``resume`` with settings
+                that differ from the run's ``run_config.json``.
+            RunFolderWriteError: the folder cannot be written (read-only, full
+                disk); the newest complete checkpoint is kept.
+
+        With ``deterministic=True``, a resume skips the batches of the
+        finished epochs, so the data order continues where it stopped (the
+        input pipeline's time for them; see docs/run-folder.md).
         """
         is_tf_data = _is_tf_dataset(train_dataset)
         if not is_tf_data and not isinstance(train_dataset, keras.utils.PyDataset):
@@ -968,6 +1040,14 @@ class Trainer:
                 "The custom (tf.distribute) loop needs a tf.data.Dataset. "
                 f"Received: train_dataset={type(train_dataset).__name__}")
         steps = self._steps(train_dataset)
+        # The chief owns the run folder from before its first write to the end
+        # (exceptions included); the other workers write only their .tmp copies.
+        lock = (run_folder.RunLock(self.output_dir, verbose=bool(self.verbose)) if self.chief
+                else contextlib.nullcontext())
+        with lock:
+            return self._fit(train_dataset, callbacks, resume, steps, is_tf_data)
+
+    def _fit(self, train_dataset, callbacks, resume, steps, is_tf_data):
         self._build(steps)
         initial_epoch = self._restore(resume)
         if initial_epoch >= self.epochs:
@@ -977,23 +1057,41 @@ class Trainer:
         # A PyDataset restarts by itself every len(dataset) steps.
         if is_tf_data and train_dataset.cardinality() != tf.data.INFINITE_CARDINALITY:
             train_dataset = train_dataset.repeat()
+        if is_tf_data and self.deterministic and initial_epoch:
+            # The pipeline starts again from its seed: skipping the batches the
+            # finished epochs consumed puts the data order, the shuffle buffer
+            # and the augmentation draws where the uninterrupted run had them.
+            # Costs the input pipeline's time for those batches (no model work).
+            skipped = initial_epoch * steps
+            if self.verbose and self.chief:
+                print(f"Deterministic resume: replaying the input pipeline's first {skipped} "
+                      f"batches ({initial_epoch} epoch(s)) to continue its order.", flush=True)
+            train_dataset = train_dataset.skip(skipped)
+        elif not is_tf_data and initial_epoch and callable(getattr(train_dataset, "set_epoch",
+                                                                    None)):
+            # A PyDataset whose order and draws are a function of its epoch
+            # (PersonCrops): it continues where the uninterrupted run would be.
+            train_dataset.set_epoch(initial_epoch)
 
         guard = _NaNGuard(self.optimizer)
         cbs = list(callbacks)
+        history = None
         if self.chief:
-            cbs.append(_HistoryCSV(os.path.join(self.output_dir, HISTORY_CSV), initial_epoch))
+            history = _HistoryCSV(os.path.join(self.output_dir, HISTORY_CSV), initial_epoch,
+                                  read_state(self.output_dir))
             if self.tensorboard and _optional.is_installed("tensorflow"):
                 cbs.append(_ScalarSummaries(os.path.join(self.output_dir, LOG_DIR)))
             elif self.tensorboard and self.verbose:
                 print("TensorBoard logs need TensorFlow (not installed): skipped; "
                       f"{HISTORY_CSV} has the same values.")
         # Guard first (stops at the bad batch), checkpoint last (sees val_AP).
-        cbs = [guard] + cbs + [_EpochCheckpoint(self, guard)]
+        # history.csv is written by the checkpoint callback, after the checkpoint.
+        cbs = [guard] + cbs + [_EpochCheckpoint(self, guard, history)]
         os.makedirs(self.output_dir, exist_ok=True)
         if self.chief:
             # The builder arguments `keras-dpn publish` rebuilds the model from.
-            from keras_dpn.publish import record_run
-            record_run(self.output_dir, trainer=self)
+            with _writing(os.path.join(self.output_dir, RUN_CONFIG), "the run's settings"):
+                record_run(self.output_dir, trainer=self)
 
         try:
             if self.loop == "fit":

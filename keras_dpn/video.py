@@ -19,7 +19,8 @@ that fails (a video that cannot be opened or ends early, a broken detector)
 or is killed leaves neither. A webcam recording ends at ``max_frames`` or on
 Ctrl-C, which keeps what was recorded.
 
-Example:
+Example (not run: needs an exported model, a video and a detection model file):
+
 >>> import keras_dpn
 >>> est = keras_dpn.PoseEstimator("saved_models/dpn4_32/model_fp32.tflite")  # doctest: +SKIP
 >>> predict_video(est, "clip.mp4", "clip_pose.mp4", "clip_pose.jsonl",  # doctest: +SKIP
@@ -55,9 +56,16 @@ class VideoSource:
         ValueError: the file is missing or cannot be opened, or the camera
             cannot be opened; while iterating, a file that ends before the
             frame count its header declares.
+
+    FFmpeg's own log is silenced (``OPENCV_FFMPEG_LOGLEVEL=-8`` unless that
+    variable is set already; it takes effect if no video was opened in the
+    process before): a damaged file printed thousands of decoder lines before
+    the one-line error.
     """
 
     def __init__(self, source):
+        # Read by OpenCV when its FFmpeg backend starts (the first capture).
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         import cv2
         self.live = isinstance(source, int) or (isinstance(source, str) and source.isdigit())
         if self.live:

@@ -199,7 +199,8 @@ def plot_history(history_csv, out_path, metrics=("val_AP", "val_PCKh")):
     Returns:
         ``out_path``.
 
-    Example:
+    Example (not run: needs a training run's folder):
+
     >>> plot_history("runs/x/history.csv", "runs/x/curves.png")  # doctest: +SKIP
     """
     import csv
@@ -222,7 +223,9 @@ def plot_history(history_csv, out_path, metrics=("val_AP", "val_PCKh")):
     def column(key):
         return [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
 
-    epochs = [int(float(r.get("epoch", i))) + 1 for i, r in enumerate(rows)]
+    epochs = [int(float(r.get("epoch", i))) for i, r in enumerate(rows)]
+    if epochs[0] == 0:  # a history of keras-dpn 0.1, numbered from 0
+        epochs = [e + 1 for e in epochs]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     ax.plot(epochs, column("loss"), "o-", color="tab:blue", label="loss")
     ax.set_xlabel("epoch")

@@ -33,7 +33,6 @@ the next attempt starts clean.
 """
 
 import dataclasses
-import inspect
 import io
 import json
 import os
@@ -45,6 +44,11 @@ from typing import Any, Dict, Optional, Tuple
 import keras
 
 from keras_dpn.keypoints import validate_num_keypoints
+# The builder arguments live with the builders (models import nothing above
+# them); they are part of this module's API too.
+from keras_dpn.models.config import (  # noqa: F401
+    ARCHITECTURE_ARGS, attach_builder_config, builder_config, builder_defaults,
+    check_builder_config, complete_config)
 
 # Tags a user may reasonably expect (the paper's datasets); they get a
 # "not released" error instead of "unknown" when nothing is registered.
@@ -54,13 +58,6 @@ WEIGHT_SUFFIXES = (".weights.h5", ".keras")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 URL_SCHEMES = ("http://", "https://", "file://")
 CACHE_SUBDIR = "keras_dpn"
-# Builder arguments that the weights' variable shapes do not reveal, or that a
-# registry entry records besides input size and keypoint count: they change
-# strides or dilation rates, not shapes, so only the recorded values keep
-# weights out of a model built otherwise.
-ARCHITECTURE_ARGS = ("resolution", "dilation_schedule", "num_blocks", "kernel_size")
-# The attribute under which builders leave their arguments on the model.
-_BUILDER_ATTR = "_keras_dpn_builder"
 
 DEFAULT_PREPROCESSING = (
     "RGB float in [0, 1], minus ImageNet mean (0.485, 0.456, 0.406), divided by std "
@@ -106,13 +103,13 @@ class WeightsEntry:
     @property
     def is_archive(self):
         """True when the URL names a preset archive rather than a weights file."""
-        return _url_path(self.url).endswith(ARCHIVE_SUFFIXES)
+        return url_path(self.url).endswith(ARCHIVE_SUFFIXES)
 
     @property
     def cache_file_name(self):
         if self.file_name:
             return self.file_name
-        path = _url_path(self.url)
+        path = url_path(self.url)
         suffix = next((x for x in ARCHIVE_SUFFIXES + (".keras",) if path.endswith(x)),
                       ".weights.h5")
         return f"{self.arch}_{self.tag}{suffix}"
@@ -124,8 +121,43 @@ class WeightsEntry:
                 **self.config}
 
 
-def _url_path(url):
+def url_path(url):
     return url.split("#", 1)[0].split("?", 1)[0]
+
+
+def check_url(url, arg_name="url"):
+    """Raises a one-line ValueError unless ``url`` can be downloaded from.
+
+    An ``http://`` / ``https://`` URL with a host, or a ``file://`` URL with
+    an absolute path (for local tests); no spaces.
+
+    Example:
+    >>> check_url("https://example.org/dpn.tar.gz")
+    >>> check_url("not a url")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: `url` must be an http://, https:// or file:// URL ... Received: url='not a url'
+    """
+    import urllib.parse
+
+    ok = isinstance(url, str) and url == url.strip() and not any(c.isspace() for c in url)
+    if ok:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        try:
+            parts.port  # noqa: B018  raises on a port that is not a number
+        except ValueError:
+            ok = False
+        if scheme in ("http", "https"):
+            ok = ok and bool(parts.hostname)
+        elif scheme == "file":
+            ok = ok and parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        else:
+            ok = False
+    if not ok:
+        raise ValueError(f"`{arg_name}` must be an http://, https:// or file:// URL with a "
+                         "host (https://HOST/PATH; file:///ABSOLUTE/PATH for local tests). "
+                         f"Received: {arg_name}={url!r}")
 
 
 _REGISTRY: Dict[str, WeightsEntry] = {}
@@ -171,14 +203,27 @@ def register(arch, tag, url, sha256, input_shape, num_keypoints, keypoints="coco
     if "." in arch or "." in tag:
         raise ValueError(
             f"`arch` and `tag` must not contain '.'. Received: arch={arch!r}, tag={tag!r}")
+    check_url(url)
     if (not isinstance(sha256, str) or len(sha256) != 64
             or any(ch not in "0123456789abcdefABCDEF" for ch in sha256)):
         raise ValueError(f"`sha256` must be 64 hex digits. Received: sha256={sha256!r}")
     validate_num_keypoints(num_keypoints)
-    if input_shape is None or len(tuple(input_shape)) != 3:
+    if (not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                       for s in input_shape) or input_shape[2] != 3):
         raise ValueError(
-            "`input_shape` must be (height, width, channels). "
+            "`input_shape` must be (height, width, 3) of positive integers. "
             f"Received: input_shape={input_shape!r}")
+    for value, arg, kind in ((metrics, "metrics", dict), (config, "config", dict),
+                             (keypoints, "keypoints", (str, dict)),
+                             (preprocessing, "preprocessing", str), (file_name, "file_name", str)):
+        if value is not None and not isinstance(value, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ValueError(f"`{arg}` must be a {names}. Received: {arg}={value!r}")
+    if file_name is not None and (not file_name or os.path.basename(file_name) != file_name
+                                  or file_name in (".", "..")):
+        raise ValueError("`file_name` must be a plain file name (it names the file in the "
+                         f"cache). Received: file_name={file_name!r}")
     from keras_dpn.models.registry import model_info
     model_info(arch, arg_name="arch")
     entry = WeightsEntry(arch=arch, tag=tag, url=url, sha256=sha256.lower(),
@@ -210,6 +255,11 @@ def get_entry(key):
             f"No weights registered as {key!r}. Registered: {list_entries() or 'none'}. "
             f"Received: key={key!r}")
     return _REGISTRY[key]
+
+
+def is_registered(key):
+    """True when ``"arch.tag"`` is registered."""
+    return key in _REGISTRY
 
 
 def list_entries(arch=None):
@@ -266,128 +316,6 @@ def load_registry(path, overwrite=False):
     return done
 
 
-# ---------------------------------------------------------------------------
-# Builder arguments: what the shapes do not tell.
-
-
-def builder_defaults(arch):
-    """Default values of the architecture arguments a variant takes.
-
-    A registered variant either lists its arguments (``HRNetW32``) or is a
-    one-line call of its family's builder with ``**kwargs`` (``DPN4_32`` ->
-    ``DPN``): then the builder it calls gives them.
-
-    Returns:
-        ``{name: default}`` for the :data:`ARCHITECTURE_ARGS` the variant takes.
-    """
-    import keras_dpn.models  # noqa: F401  registers the variants
-    from keras_dpn.models.registry import model_info
-
-    fn = model_info(arch, arg_name="arch").constructor
-    params = dict(inspect.signature(fn).parameters)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        for name in fn.__code__.co_names:
-            target = fn.__globals__.get(name)
-            if inspect.isfunction(target) and target is not fn:
-                params = {**inspect.signature(target).parameters, **params}
-                break
-    return {k: params[k].default for k in ARCHITECTURE_ARGS
-            if k in params and params[k].default is not inspect.Parameter.empty}
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def complete_config(arch, config, arg_name="config"):
-    """``config`` checked against the variant's arguments and completed with its defaults.
-
-    Raises:
-        ValueError: an argument the variant does not take, naming ``arg_name``.
-    """
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ValueError(f"`{arg_name}` must be a dict of builder arguments. "
-                         f"Received: {arg_name}={config!r}")
-    defaults = builder_defaults(arch)
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{arch} takes no architecture argument {unknown} (its arguments: "
-            f"{sorted(defaults) or 'none'}). Received: {arg_name}={config!r}")
-    return _jsonable({**defaults, **config})
-
-
-def attach_builder_config(model, arch, num_keypoints, input_shape, config=None):
-    """Leaves the builder's arguments on ``model`` (read by :func:`builder_config`).
-
-    Kept outside Keras' attribute tracking, so saving, checkpoints and exports
-    do not see it.
-    """
-    value = {"variant": arch,
-             "arguments": _jsonable({"input_shape": list(input_shape),
-                                     "num_keypoints": num_keypoints, **(config or {})})}
-    object.__setattr__(model, _BUILDER_ATTR, value)
-    return model
-
-
-def builder_config(model):
-    """``{"variant": ..., "arguments": {...}}`` of a model built by a keras_dpn builder.
-
-    The arguments are the ones :func:`keras_dpn.get_model` rebuilds the model
-    from (input shape, keypoint count, resolution, dilation schedule, ...).
-    None for any other model (e.g. one loaded from a ``.keras`` file).
-
-    Example:
-    >>> import keras_dpn
-    >>> cfg = builder_config(keras_dpn.DPN1_32(input_shape=(64, 48, 3), resolution="high"))
-    >>> cfg["variant"], cfg["arguments"]["resolution"], cfg["arguments"]["input_shape"]
-    ('DPN1_32', 'high', [64, 48, 3])
-    """
-    value = getattr(model, _BUILDER_ATTR, None)
-    return None if value is None else json.loads(json.dumps(value))
-
-
-def check_builder_config(source, arch, arguments, model_arch, model_config, received):
-    """Raises when weights trained as ``arch(**arguments)`` do not fit the model.
-
-    Args:
-        source: how the weights are named in the message, e.g. ``"'DPN4_64.coco'"``.
-        arch, arguments: what the weights were trained with.
-        model_arch: the model's variant.
-        model_config: the model's architecture arguments (None: unknown, only
-            the variant is compared).
-        received: the ``weights`` argument, for the message.
-    """
-    if arch != model_arch:
-        raise ValueError(
-            f"The weights {source} belong to {arch}, not {model_arch}. Build "
-            f"keras_dpn.{arch}(...) instead, or use keras_dpn.presets.from_preset. "
-            f"Received: weights={received!r}")
-    if model_config is None:
-        return
-    defaults = builder_defaults(arch)
-    expected = _jsonable({**defaults, **{k: v for k, v in arguments.items()
-                                         if k in ARCHITECTURE_ARGS}})
-    actual = _jsonable({**defaults, **model_config})
-    differ = [k for k in sorted(set(expected) | set(actual)) if expected.get(k) != actual.get(k)]
-    if differ:
-        trained = ", ".join(f"{k}={expected.get(k)!r}" for k in differ)
-        built = ", ".join(f"{k}={actual.get(k)!r}" for k in differ)
-        raise ValueError(
-            f"The weights {source} were trained with {arch}({trained}) but the model is built "
-            f"with {built}: same shapes, other strides or dilations, so they would load and "
-            f"predict nonsense. Build keras_dpn.{arch}({trained}, weights=...). "
-            f"Received: weights={received!r}")
-
-
-def _is_path_like(weights):
-    text = os.fspath(weights)
-    return (os.sep in text or text.endswith(WEIGHT_SUFFIXES + ARCHIVE_SUFFIXES)
-            or text.endswith(".h5"))
-
-
 def is_url(text):
     return isinstance(text, str) and text.lower().startswith(URL_SCHEMES)
 
@@ -398,71 +326,13 @@ def is_preset_source(weights):
         return False
     text = os.fspath(weights)
     if is_url(text):
-        return _url_path(text).endswith(ARCHIVE_SUFFIXES)
+        return url_path(text).endswith(ARCHIVE_SUFFIXES)
     if os.path.isdir(text):
         return True
     return os.path.isfile(text) and text.endswith(ARCHIVE_SUFFIXES)
 
 
-def validate_weights_argument(arch, weights):
-    """Checks ``weights`` before any layer is built.
-
-    Accepts None, a tag registered for ``arch``, an existing ``.weights.h5`` /
-    ``.keras`` file, or a preset: a folder, a ``.tar.gz`` / ``.tgz`` / ``.zip``
-    archive of one, or an ``http(s)://`` / ``file://`` URL of such an archive
-    (see :mod:`keras_dpn.presets`). A local preset is verified here (files,
-    config, variant); a URL when it is downloaded.
-
-    Raises:
-        ValueError: naming ``weights`` and what it received.
-    """
-    if weights is None:
-        return
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            "`weights` must be None, a registered tag, a path to a .weights.h5 / .keras "
-            f"file or a preset (folder, archive or URL). Received: weights={weights!r}")
-    text = os.fspath(weights)
-    if is_url(text):
-        if not _url_path(text).endswith(ARCHIVE_SUFFIXES):
-            raise ValueError(
-                f"A `weights` URL must name a preset archive ({', '.join(ARCHIVE_SUFFIXES)}); "
-                "register a weights file with keras_dpn.weights.register(...) instead. "
-                f"Received: weights={weights!r}")
-        return
-    if is_preset_source(text):
-        # A local preset is verified (and an archive unpacked into the cache)
-        # now, before any layer is built; load_weights compares the rest.
-        from keras_dpn import presets
-        preset = presets.get_preset(text)
-        check_builder_config(f"of the preset {preset.path}", preset.variant, preset.arguments,
-                             arch, None, text)
-        return
-    if os.path.isfile(text):
-        if not text.endswith(WEIGHT_SUFFIXES):
-            raise ValueError(
-                f"`weights` file must end in {' or '.join(WEIGHT_SUFFIXES)}, or be a preset "
-                f"archive ({', '.join(ARCHIVE_SUFFIXES)}). Received: weights={weights!r}")
-        return
-    if f"{arch}.{text}" in _REGISTRY:
-        return
-    how = (f"Pass the path of a .weights.h5 or .keras file (weights='/path/to/{arch}.weights.h5') "
-           "or of a preset (folder, .tar.gz/.zip or its URL), or register a release first: "
-           f"keras_dpn.weights.register({arch!r}, {text!r}, "
-           "url=..., sha256=..., input_shape=..., num_keypoints=...).")
-    if text in KNOWN_TAGS:
-        raise ValueError(
-            f"No release of `{arch}.{text}` is registered: no {text.upper()}-trained weights "
-            f"for {arch} have been published. {how} Received: weights={weights!r}")
-    if _is_path_like(text):
-        raise ValueError(f"`weights` file not found. Received: weights={weights!r}")
-    registered = ", ".join(list_entries(arch)) or f"none registered for {arch}"
-    raise ValueError(
-        f"`weights` must be None, a registered tag ({registered}) or an existing "
-        f".weights.h5 / .keras file. {how} Received: weights={weights!r}")
-
-
-def _cache_dir():
+def cache_dir():
     """The Keras cache root, created if needed.
 
     Read at call time (Keras reads KERAS_HOME once, at import). Created here
@@ -480,7 +350,8 @@ def _cache_dir():
     return home
 
 
-def _remove_quietly(path):
+def remove_quietly(path):
+    """Removes a file if it exists (a failed download's leftover)."""
     if path and os.path.exists(path):
         os.remove(path)
 
@@ -495,15 +366,15 @@ def fetch(entry):
         ValueError: unreachable URL, truncated download or sha256 mismatch;
             nothing is left in the cache.
     """
-    cache_dir = _cache_dir()
-    target = os.path.join(cache_dir, CACHE_SUBDIR, entry.cache_file_name)
+    root = cache_dir()
+    target = os.path.join(root, CACHE_SUBDIR, entry.cache_file_name)
     try:
         return keras.utils.get_file(entry.cache_file_name, origin=entry.url,
                                     file_hash=entry.sha256, hash_algorithm="sha256",
-                                    cache_dir=cache_dir, cache_subdir=CACHE_SUBDIR)
+                                    cache_dir=root, cache_subdir=CACHE_SUBDIR)
     except BaseException as e:
         # get_file removes a failed download but keeps one whose hash is wrong.
-        _remove_quietly(target)
+        remove_quietly(target)
         if isinstance(e, KeyboardInterrupt):
             raise
         raise ValueError(
@@ -578,108 +449,3 @@ def verify_layout(model, path, arch, num_keypoints):
     raise ValueError(
         f"The weights file does not match the {arch} architecture ({'; '.join(details)}). "
         f"It was probably saved from another model variant. Received: weights={os.fspath(path)!r}")
-
-
-def _remove_tree_quietly(path):
-    if path and os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def resolve(arch, weights, num_keypoints=None, config=None):
-    """Local path for ``weights`` (a file path, a preset, or a tag fetched into the cache).
-
-    Everything that can be compared without the file (variant, keypoint
-    count, architecture arguments of a registry entry) is compared before any
-    download.
-
-    Args:
-        arch: the model's variant.
-        weights: see :func:`validate_weights_argument`.
-        num_keypoints: the model's heatmap channels (None: not compared).
-        config: the model's architecture arguments (None: not compared).
-
-    Returns:
-        ``(path, entry, preset)``: the ``.weights.h5`` / ``.keras`` file to
-        load, the registry entry (None for a path) and the
-        :class:`keras_dpn.presets.Preset` (None for a bare weights file).
-    """
-    validate_weights_argument(arch, weights)
-    text = os.fspath(weights)
-    entry = preset = None
-    if is_preset_source(text):
-        from keras_dpn import presets
-        preset = presets.get_preset(text)
-        source = f"of the preset {preset.path}"
-        check_builder_config(source, preset.variant, preset.arguments, arch, config, text)
-        _check_keypoints(source, preset.arguments["num_keypoints"], preset.keypoints,
-                         num_keypoints)
-        return preset.weights_path, None, preset
-    if os.path.isfile(text):
-        return text, None, None
-    entry = get_entry(f"{arch}.{text}")
-    _check_keypoints(repr(entry.key), entry.num_keypoints, entry.keypoints, num_keypoints)
-    check_builder_config(repr(entry.key), entry.arch, entry.arguments, arch, config, text)
-    path = fetch(entry)
-    if not entry.is_archive:
-        return path, entry, None
-    from keras_dpn import presets
-    try:
-        preset = presets.unpack(path, sha256=entry.sha256, name=f"{entry.arch}_{entry.tag}")
-        presets.check_entry(preset, entry)
-    except BaseException:
-        _remove_quietly(path)
-        raise
-    return preset.weights_path, entry, preset
-
-
-def _check_keypoints(source, found, keypoints, num_keypoints):
-    if num_keypoints is not None and found != num_keypoints:
-        raise ValueError(
-            f"The weights {source} have a head for {found} keypoints ({keypoints}); "
-            f"build the model with num_keypoints={found}. "
-            f"Received: num_keypoints={num_keypoints!r}")
-
-
-def load_weights(model, weights, arch, num_keypoints, input_shape, config=None):
-    """Resolves, verifies and loads ``weights`` into ``model``.
-
-    Args:
-        model: the built model (with its heatmap head).
-        weights: a registered tag, a path to a ``.weights.h5`` / ``.keras``
-            file, or a preset (folder, archive or URL).
-        arch: variant name the weights must belong to, e.g. ``"DPN4_32"``.
-        num_keypoints: heatmap channels of ``model``.
-        input_shape: the model's input shape (weights are fully convolutional,
-            so a size other than the training size only warns).
-        config: the model's architecture arguments (``resolution``,
-            ``dilation_schedule``, ...), compared with those the weights
-            record.
-
-    Raises:
-        ValueError: unknown tag, failed download, a preset with a missing or
-            altered file, or weights that do not fit the architecture, its
-            arguments or the keypoint count. A cached file that fails is
-            removed.
-    """
-    path, entry, preset = resolve(arch, weights, num_keypoints, config)
-    try:
-        verify_layout(model, path, arch, num_keypoints)
-        model.load_weights(path)
-    except BaseException:
-        if entry is not None:
-            _remove_quietly(os.path.join(_cache_dir(), CACHE_SUBDIR, entry.cache_file_name))
-            if preset is not None:
-                _remove_tree_quietly(preset.path)
-            else:
-                _remove_quietly(path)
-        raise
-    trained = (tuple(entry.input_shape) if entry is not None
-               else tuple(preset.arguments["input_shape"]) if preset is not None else None)
-    if trained is not None and tuple(input_shape[:2]) != trained[:2]:
-        import warnings
-
-        what = entry.key if entry is not None else preset.path
-        warnings.warn(
-            f"The weights {what!r} were trained at input_shape={trained}; the "
-            f"model takes {tuple(input_shape)}. Accuracy may differ.", stacklevel=3)
-    return model

@@ -11,7 +11,8 @@ the paper: input 256x256, 16 joints, Adam 1e-3, x0.1 at epochs 90 and 120,
         --val-shards 'shards/mpii_val-*.tfrecord' --ground-truth gt_valid.mat \\
         --output runs/dpn4_32_mpii
 
-Run ``python recipes/train_mpii.py --help`` for every option.
+Run ``python recipes/train_mpii.py --help`` for every option; ``keras-dpn
+train --preset mpii_sample`` (or ``--ground-truth``) is the same job.
 """
 
 import os

@@ -86,11 +86,21 @@ def test_count_at_other_input_shape_and_bad_shape():
         count_macs(model)
 
 
-def test_dpn4_32_pinned():
+def test_dpn4_32_matches_the_hand_count():
     import keras_dpn
 
-    # Paper Table II: 1.1 GMACs at 256x192.
-    assert count_macs(keras_dpn.DPN4_32()) == 1_122_631_680
+    # Hand count at 256x192 (paper Table I), output positions x k*k*cin*cout of
+    # every convolution; it rounds to the 1.1 GMACs of Table II.
+    stem = 128 * 96 * 7 * 7 * 3 * 64
+    at_64x48, at_32x24 = 64 * 48, 32 * 24
+    conv1 = at_64x48 * ((64 * 64 + 9 * 64 * 64 + 64 * 256 + 64 * 256)  # + projection
+                        + 2 * (256 * 64 + 9 * 64 * 64 + 64 * 256))
+    conv2_0 = at_32x24 * 256 * 128  # 1x1, stride 2
+    dpms = 4 * 6 * at_32x24 * (128 * 32 + 9 * 32 * 32 + 32 * 128)
+    head = at_64x48 * 128 * 17  # after the x2 upsampling
+    expected = stem + conv1 + conv2_0 + dpms + head
+    assert expected == 1_122_631_680 and round(expected / 1e9, 1) == 1.1
+    assert count_macs(keras_dpn.DPN4_32()) == expected
 
 
 # Receptive fields. A DPM of width 2 (8 channels) measures the same field as a

@@ -137,8 +137,9 @@ def test_corrupt_record_without_manifest_stops_the_run(sample_set, tmp_path):
 
 
 def test_other_keypoint_set_fails_before_reading(sample_set, tmp_path):
-    with pytest.raises(ValueError, match=r"hold 17 keypoints per person \('coco'\); the "
-                                         r"requested keypoint spec has 16"):
+    with pytest.raises(ValueError, match=r"hold 17 keypoints per person \(set 'coco', .*"
+                                         r"-manifest.json\); the requested keypoint set "
+                                         r"'mpii' has 16"):
         data.build_dataset(str(sample_set[0] / "coco-*.tfrecord"), dataset="mpii")
     folder = _copy(sample_set, tmp_path, manifest=False)
     with pytest.raises(ValueError) as info:

@@ -65,13 +65,83 @@ def test_collected_batches_without_postprocessing_equal_pycocotools(ann_file, pr
     assert 0.0 < got["AP"] <= 1.0
 
 
-def test_default_postprocessing_runs(ann_file, preds, tmp_path):
+# The HRNet reference's OKS-NMS (lib/nms/nms.py, oks_iou / oks_nms), transcribed
+# with its defaults (no visibility threshold); sigmas passed in.
+def reference_oks_iou(g, d, a_g, a_d, sigmas):
+    variances = (sigmas * 2) ** 2
+    xg, yg = g[0::3], g[1::3]
+    ious = np.zeros((d.shape[0]))
+    for n_d in range(0, d.shape[0]):
+        dx, dy = d[n_d, 0::3] - xg, d[n_d, 1::3] - yg
+        e = (dx ** 2 + dy ** 2) / variances / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
+        ious[n_d] = np.sum(np.exp(-e)) / e.shape[0] if e.shape[0] != 0 else 0.0
+    return ious
+
+
+def reference_oks_nms(kpts_db, thresh, sigmas):
+    scores = np.array([k["score"] for k in kpts_db])
+    kpts = np.array([np.asarray(k["keypoints"]).flatten() for k in kpts_db])
+    areas = np.array([k["area"] for k in kpts_db])
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        ovr = reference_oks_iou(kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas)
+        order = order[np.where(ovr <= thresh)[0] + 1]
+    return keep
+
+
+def reference_postprocess(preds, in_vis_thre=0.2, oks_thre=0.9):
+    """The reference's COCODataset.evaluate (lib/dataset/coco.py) before loadRes:
+    rescoring by the mean keypoint score above 0.2, then OKS-NMS 0.9 per image.
+    Area is scale[0] * scale[1]: our scales are in pixels (the reference's x 200)."""
+    by_image = {}
+    for p in copy.deepcopy(preds):
+        kp = np.asarray(p["keypoints"], np.float64).reshape(17, 3)
+        confident = [s for s in kp[:, 2] if s > in_vis_thre]
+        p["score"] = p["score"] * (sum(confident) / len(confident) if confident else 0)
+        p["area"] = p["scale"][0] * p["scale"][1]
+        by_image.setdefault(p["image_id"], []).append(p)
+    out = []
+    for people in by_image.values():
+        keep = reference_oks_nms(people, oks_thre, np.array(COCO_17.sigmas))
+        out += [people[i] for i in keep]
+    for p in out:
+        del p["area"]
+    return out
+
+
+def test_default_postprocessing_equals_the_reference(ann_file, preds, tmp_path):
+    """Default rescoring + OKS-NMS: the kept poses, their scores and the AP equal the
+    reference's pipeline (transcribed above) fed to pycocotools directly."""
+    # The file's scales are the reference's (pixels / 200); ours are pixels. Every
+    # fifth pose gets a lower-scored near-duplicate for OKS-NMS to drop (not those that
+    # rescore to 0: the tie's order is the sort's, undefined in the reference).
+    preds = copy.deepcopy(preds)
+    for p in preds:
+        p["scale"] = [s * 200.0 for s in p["scale"]]
+    dups = copy.deepcopy([p for p in preds[::5] if max(p["keypoints"][2::3]) > 0.2])
+    for d in dups:
+        d["score"] *= 0.9
+        d["keypoints"] = [v + 0.5 if i % 3 != 2 else v for i, v in enumerate(d["keypoints"])]
+    preds = preds + dups
     ev = COCOEvaluator(ann_file, output_dir=tmp_path, results_name="r.json")
     ev.add_results(preds)
     got = ev.evaluate()
     written = json.loads((tmp_path / "r.json").read_text())
-    assert 0 < len(written) <= 73
-    assert set(got) == set(METRIC_NAMES)
+    expected = reference_postprocess(preds)
+    assert 0 < len(expected) < len(preds)  # NMS dropped poses: the test exercises it
+    key = lambda r: (r["image_id"], -r["score"], r["keypoints"])  # noqa: E731
+    assert len(written) == len(expected)
+    for w, e in zip(sorted(written, key=key), sorted(expected, key=key)):
+        assert w["image_id"] == e["image_id"]
+        assert w["score"] == pytest.approx(e["score"], rel=1e-12)
+        np.testing.assert_allclose(w["keypoints"], e["keypoints"], rtol=0, atol=1e-9)
+    stats = pycocotools_stats(ann_file, expected)
+    np.testing.assert_allclose([got[k] for k in METRIC_NAMES], stats, rtol=0, atol=1e-12)
+    # Not the raw numbers: rescoring and NMS change the AP of this file.
+    assert got["AP"] != pycocotools_stats(ann_file, preds)[0]
 
 
 def test_rescore():
@@ -307,3 +377,114 @@ def test_oks_nms_equals_the_greedy_loop(vis_threshold):
         for threshold in (0.3, 0.9, 1.0):
             assert oks_nms(kp, scores, areas, threshold, vis_threshold=vis_threshold) == \
                 loop_nms(kp, scores, areas, threshold), (trial, threshold)
+
+
+def _set(key, value):
+    def change(r):
+        r[key] = value
+    return change
+
+
+MALFORMED_RESULTS = {
+    # case: (how result 4 is broken, what the one-line error must say)
+    "no_score": (lambda r: r.pop("score"), r"^Result 4 has no score "),
+    "no_category": (lambda r: r.pop("category_id"), r"^Result 4 has no category_id "),
+    "not_a_dict": (None, r"^Result 4 has no image_id, category_id, keypoints, score "),
+    "string_score": (_set("score", "0.9"), r"^Result 4's `score` must be a number\. "
+                                           r"Received: score='0\.9'$"),
+    "bool_score": (_set("score", True), r"^Result 4's `score` must be a number"),
+    "string_image_id": (_set("image_id", "785"), r"^Result 4's `image_id` must be an integer"
+                                                 r".*Received: image_id='785'$"),
+    "float_image_id": (_set("image_id", 785.0), r"Received: image_id=785\.0$"),
+    "fractional_image_id": (_set("image_id", 785.7), r"Received: image_id=785\.7$"),
+    "other_category": (_set("category_id", 2), r"^1 of 73 results have a `category_id` other "
+                                               r"than the evaluated category 1 .*AP 0"),
+    "short_keypoints": (lambda r: r["keypoints"].pop(), r"needs 51 keypoint values .*"
+                                                         r"len\(keypoints\)=50"),
+    "null_keypoints": (_set("keypoints", None), r"needs 51 keypoint values .*keypoints=None"),
+    "string_keypoint": (lambda r: r["keypoints"].__setitem__(3, "1.5"),
+                        r"^Every result's `keypoints` must be numbers\. Received: result 4 "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_RESULTS))
+def test_malformed_results_are_refused_in_one_line_before_writing(ann_file, preds, tmp_path,
+                                                                   case):
+    # Before: KeyError / TypeError tracebacks from pycocotools, an AssertionError after
+    # the results file was written (string or fractional ids), AP 0.0 without a word
+    # (another category), or a silently accepted 785.0 / True.
+    bad = copy.deepcopy(preds)
+    change, pattern = MALFORMED_RESULTS[case]
+    if change is None:
+        bad[4] = 5
+    else:
+        change(bad[4])
+    ev = COCOEvaluator(ann_file, output_dir=tmp_path)
+    with pytest.raises(ValueError, match=pattern) as info:
+        ev.evaluate_results(bad)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_category_of_the_evaluator_must_be_in_the_annotation_file(ann_file, preds):
+    bad = copy.deepcopy(preds)
+    for r in bad:
+        r["category_id"] = 3
+    with pytest.raises(ValueError, match=r"has no category 3 \(its categories: \[1\]\)"):
+        COCOEvaluator(ann_file, category_id=3).evaluate_results(bad)
+
+
+def test_numpy_ids_and_scores_are_accepted(ann_file, preds):
+    expected = pycocotools_stats(ann_file, preds)
+    mixed = copy.deepcopy(preds)
+    for r in mixed:
+        r["image_id"], r["score"] = np.int64(r["image_id"]), np.float32(r["score"])
+    got = COCOEvaluator(ann_file).evaluate_results(mixed)
+    assert got["AP"] == pytest.approx(expected[0], abs=1e-6)
+
+
+def test_results_file_path_and_its_json_errors(ann_file, preds, tmp_path):
+    good = tmp_path / "results.json"
+    good.write_text(json.dumps(preds))
+    ev = COCOEvaluator(ann_file)
+    assert ev.evaluate_results(good)["AP"] == pycocotools_stats(ann_file, preds)[0]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"image_id": 785,\n  "score": oops}]')
+    with pytest.raises(ValueError, match=r"not valid JSON: .* at line 2, column 12\. "
+                                         r"Received: results='.*broken\.json'$"):
+        ev.evaluate_results(broken)
+    with pytest.raises(ValueError, match=r"Could not read the results file .*missing\.json"):
+        ev.evaluate_results(tmp_path / "missing.json")
+
+
+def test_annotation_json_errors_name_the_file(tmp_path):
+    broken = tmp_path / "ann.json"
+    broken.write_text('{"images": [\n  }')
+    ev = COCOEvaluator(broken)
+    with pytest.raises(ValueError, match=r"line 2 column 3 .*annotation_file='.*ann\.json'"):
+        ev.coco
+
+
+def test_output_dir_with_a_file_in_the_way(ann_file, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"^Cannot write into .*file/sub: .*file is a file, "
+                                         r"not a folder\. Received: output_dir="):
+        COCOEvaluator(ann_file, output_dir=tmp_path / "file" / "sub")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unwritable_results_file_is_one_line(ann_file, preds, tmp_path, monkeypatch):
+    # As root a chmod'ed folder stays writable: fail the temporary file as a
+    # read-only disk would.
+    import errno
+    import os
+
+    ev = COCOEvaluator(ann_file, output_dir=tmp_path / "out")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(ValueError, match=r"^Could not write the results JSON \(Read-only file "
+                                         r"system\)\. Received: path='.*keypoints_results"):
+        ev.evaluate_results(preds)

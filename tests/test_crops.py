@@ -23,8 +23,18 @@ def test_training_batches(sample):
     assert images.shape == (16, *INPUT, 3) and images.dtype == np.float32
     assert heatmaps.shape == (16, *HEATMAP, 17) and weight.shape == (16, 17)
     assert 0 < weight.mean() <= 1 and heatmaps.max() == pytest.approx(1.0)
+    # With every augmentation off and no shuffling, batch 2 holds the box crops
+    # of people 32-47 in annotation order, cut here with OpenCV directly.
+    plain = PersonCrops(*sample, batch_size=16, input_size=INPUT, heatmap_size=HEATMAP, seed=3,
+                        shuffle=False, scale_factor=0.0, rotation_prob=0.0, flip_prob=0.0,
+                        half_body_prob=0.0)
+    entries, _ = read_coco(*sample)
+    people = [(e["path"], p["bbox"]) for e in entries for p in e["people"]][32:48]
+    expected = [transforms.normalize_image(transforms.crop_image(
+        cv2.imread(path)[..., ::-1], *transforms.box_to_center_scale(bbox, INPUT[1] / INPUT[0]),
+        INPUT)) for path, bbox in people]
+    np.testing.assert_allclose(plain[2][0], np.stack(expected), rtol=0, atol=1e-6)
     # Seeded: the same batch again; the next epoch, another order and other draws.
-    np.testing.assert_array_equal(crops[2][0], crops[2][0])
     again = PersonCrops(*sample, batch_size=16, input_size=INPUT, heatmap_size=HEATMAP, seed=3)
     np.testing.assert_array_equal(again[2][1], crops[2][1])
     first = crops[0][1]

@@ -223,6 +223,12 @@ def test_training_batches_on_sample(sample_shards):
     assert abs(float(tf.reduce_mean(images))) < 1.5
 
 
+def test_heatmap_size_defaults_to_a_quarter_of_the_input(sample_shards):
+    ds = data.build_dataset(sample_shards["coco"], batch_size=2, input_size=(64, 48), seed=0)
+    images, heatmaps, _ = next(iter(ds))
+    assert images.shape == (2, 64, 48, 3) and heatmaps.shape == (2, 16, 12, 17)
+
+
 def _records(pattern, k=17):
     files = sorted(tf.io.gfile.glob(pattern))
     return [data.decode_example(r, k) for r in tf.data.TFRecordDataset(files)]
@@ -501,6 +507,171 @@ def test_malformed_annotation_files(tmp_path):
         data.read_mpii(variant("mpii.json", [{"joints": [[1, 2]] * 15, "joints_vis": [1] * 15,
                                               "center": [5, 5], "scale": 1.0, "image": "a.jpg"}]),
                        img_dir)
+
+
+def _mutated(tmp_path, good, change, name):
+    bad = json.loads(json.dumps(good))
+    change(bad)
+    path = tmp_path / name
+    path.write_text(json.dumps(bad))
+    return str(path)
+
+
+def _set(d, where, key, value):
+    d[where[0]][where[1]][key] = value
+
+
+# What the file holds -> the line the reader answers with (after "ann.json: ").
+FIELD_FAULTS = {
+    "image_id_a_list": (lambda d: _set(d, ("images", 0), "id", [1]),
+                        "images[0] `id` must be an integer (image ids are integers). "
+                        "Received: id=[1]"),
+    "image_id_a_fraction": (lambda d: _set(d, ("images", 0), "id", 139.7),
+                            "images[0] `id` must be an integer (image ids are integers). "
+                            "Received: id=139.7"),
+    "image_id_a_string": (lambda d: _set(d, ("images", 1), "id", "abc"),
+                          "images[1] `id` must be an integer (image ids are integers). "
+                          "Received: id=\"abc\""),
+    "height_null": (lambda d: _set(d, ("images", 0), "height", None),
+                    "images[0] (image id 1) `height` must be a non-negative integer (or "
+                    "absent). Received: height=null"),
+    "file_name_a_number": (lambda d: _set(d, ("images", 1), "file_name", 5),
+                           "images[1] (image id 2) `file_name` must be a non-empty string. "
+                           "Received: file_name=5"),
+    "image_a_number": (lambda d: d["images"].__setitem__(1, 7),
+                       "images[1] must be an object. Received: 7"),
+    "annotation_a_number": (lambda d: d["annotations"].__setitem__(0, 5),
+                            "annotations[0] must be an object. Received: 5"),
+    "annotation_id_a_list": (lambda d: _set(d, ("annotations", 1), "id", [1]),
+                             "annotations[1] `id` must be an integer. Received: id=[1]"),
+    "duplicate_annotation_id": (lambda d: _set(d, ("annotations", 1), "id", 1001),
+                                "duplicate annotation id 1001 (annotations[0] and "
+                                "annotations[1])."),
+    "duplicate_image_id": (lambda d: _set(d, ("images", 1), "id", 1.0),
+                           "duplicate image id 1 (images[1])."),
+    "annotation_image_id_a_fraction": (lambda d: _set(d, ("annotations", 0), "image_id", 1.5),
+                                       "annotation id 1001 (annotations[0]) `image_id` must be "
+                                       "an integer (image ids are integers). "
+                                       "Received: image_id=1.5"),
+    "boolean_keypoints": (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, True),
+                          "annotation id 1001 (annotations[0]) `keypoints` must hold numbers "
+                          "(booleans and null are not); keypoints[2] is true."),
+    "null_keypoint": (lambda d: d["annotations"][1]["keypoints"].__setitem__(4, None),
+                      "annotation id 1002 (annotations[1]) `keypoints` must hold numbers "
+                      "(booleans and null are not); keypoints[4] is null."),
+    "keypoints_a_string": (lambda d: _set(d, ("annotations", 0), "keypoints", "1 2 3"),
+                           "annotation id 1001 (annotations[0]) has \"1 2 3\" keypoint values; "
+                           "the keypoint spec 'coco' needs 3 x 17 = 51. Pass the matching "
+                           "`dataset=`."),
+    "bbox_not_numbers": (lambda d: _set(d, ("annotations", 0), "bbox", ["5", 5, 20, 20]),
+                         "annotation id 1001 (annotations[0]) `bbox` must be [x, y, w, h], four "
+                         "numbers. Received: bbox=[\"5\", 5, 20, 20]"),
+    "iscrowd_a_string": (lambda d: _set(d, ("annotations", 0), "iscrowd", "no"),
+                         "annotation id 1001 (annotations[0]) `iscrowd` must be 0 or 1. "
+                         "Received: iscrowd=\"no\""),
+    "area_null": (lambda d: _set(d, ("annotations", 1), "area", None),
+                  "annotation id 1002 (annotations[1]) `area` must be a number. "
+                  "Received: area=null"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIELD_FAULTS))
+def test_annotation_fields_are_type_checked(tmp_path, case):
+    """Every field the reader uses, checked at the door: one line naming the file, the
+    entry and the field (before: TypeError / AttributeError from inside, a float id
+    truncated, booleans read as 1/0, duplicates passed)."""
+    img = np.zeros((50, 50, 3), np.uint8)
+    kp = np.ones((17, 3)) * 10
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([5, 5, 20, 20], kp)]),
+                                         ("b.jpg", img, [([5, 5, 20, 20], kp)])])
+    change, expected = FIELD_FAULTS[case]
+    path = _mutated(tmp_path, json.load(open(ann)), change, "bad.json")
+    with pytest.raises(ValueError) as info:
+        data.read_coco(path, img_dir)
+    assert str(info.value) == "bad.json: " + expected
+
+
+def test_integral_float_ids_are_read_as_integers(tmp_path):
+    img = np.zeros((50, 50, 3), np.uint8)
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([5, 5, 20, 20], np.ones((17, 3)) * 10)])])
+
+    def floats(d):
+        d["images"][0].update(id=1.0, height=50.0)
+        d["annotations"][0].update(id=1001.0, image_id=1.0)
+
+    entries, _ = data.read_coco(_mutated(tmp_path, json.load(open(ann)), floats, "f.json"),
+                                img_dir)
+    assert [(type(e["image_id"]), e["image_id"], e["height"]) for e in entries] == [(int, 1, 50)]
+    assert [(type(p["id"]), p["id"]) for p in entries[0]["people"]] == [(int, 1001)]
+
+
+def test_mpii_fields_are_type_checked(tmp_path):
+    row = {"joints": [[10.0, 10.0]] * 16, "joints_vis": [1] * 16, "center": [20.0, 20.0],
+           "scale": 0.2, "image": "a.jpg"}
+    cases = [({"joints_vis": [True] + [1] * 15}, "`joints_vis` must be a list of numbers; "
+                                                 "joints_vis[0] is true."),
+             ({"joints": [[10.0, None]] + [[10.0, 10.0]] * 15},
+              "`joints` must be a list of numbers; joints[0][1] is null."),
+             ({"scale": None}, "`scale` must be a number. Received: scale=null"),
+             ({"center": "20 20"}, "`center` must be a list of numbers; center is \"20 20\"."),
+             ({"image": 5}, "`image` must be a non-empty file name. Received: image=5")]
+    for change, expected in cases:
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps([row, dict(row, **change)]))
+        with pytest.raises(ValueError) as info:
+            data.read_mpii(str(path), str(tmp_path))
+        image = change.get("image", "a.jpg")
+        assert str(info.value) == f"m.json: row 1 (image {image}) {expected}"
+
+
+def test_malformed_file_from_the_command_line(tmp_path, capsys):
+    """Before: `"id": [1]` gave a TypeError traceback from inside the builder."""
+    from keras_dpn.data.cli import main
+    img = np.zeros((50, 50, 3), np.uint8)
+    ann, img_dir = write_coco(tmp_path, [("a.jpg", img, [([5, 5, 20, 20], np.ones((17, 3)) * 10)])])
+    path = _mutated(tmp_path, json.load(open(ann)), lambda d: _set(d, ("images", 0), "id", [1]),
+                    "bad.json")
+    assert main("coco", ["--annotations", path, "--images", img_dir, "--output",
+                         str(tmp_path / "s" / "c"), "--num-shards", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: bad.json: images[0] `id` must be an integer (image ids are "
+                   "integers). Received: id=[1]"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_keypoints_outside_the_image_are_checked_after_clipping(tmp_path):
+    """Before: 1e30 keypoints passed the no-keypoints check (made before the clipping to the
+    image) and were written as people with no labelled joint; the build exited 0."""
+    img, joints = paint_person()
+    kp = np.concatenate([joints, np.full((17, 1), 2.0)], axis=1)
+    far = kp.copy()
+    far[:, :2] = 1e30
+    partly = kp.copy()
+    partly[:5, :2] = 1e30
+    beyond_float32 = kp.copy()
+    beyond_float32[0, 0] = 1e39
+    box = [50, 30, 400, 560]
+    ann, img_dir = write_coco(tmp_path, [("p.jpg", img, [(box, kp), (box, far), (box, partly),
+                                                         (box, beyond_float32)])])
+    manifest = data.build_coco_shards(ann, img_dir, str(tmp_path / "s" / "c"), 1, num_workers=1,
+                                      progress=False, verbose=False)
+    assert manifest["people"] == 2
+    assert {k: v["count"] for k, v in manifest["skipped"].items()} == {
+        "no_keypoints_in_image": 1, "non_finite_values": 1}
+    assert manifest["skipped"]["no_keypoints_in_image"]["examples"] == [
+        "p.jpg (image id 1, person 1002)"]
+    assert {k: v["count"] for k, v in manifest["notes"].items()} == {
+        "joints_outside_image_set_invisible": 5}
+    rec = next(iter(tf.data.TFRecordDataset(str(tmp_path / "s" / "c-00000-of-00001.tfrecord"))))
+    stored = data.decode_example(rec, 17)["keypoints"].numpy()
+    assert (stored[:, :, 2] > 0).sum(axis=1).tolist() == [17, 12]
+    # Nobody left: the "Empty result" error, and nothing written.
+    ann, _ = write_coco(tmp_path, [("p.jpg", img, [(box, far)])], name="far.json")
+    with pytest.raises(ValueError, match=r"^Empty result: no usable person in 1 images"
+                                         r"(.|\n)*no_keypoints_in_image"):
+        data.build_coco_shards(ann, img_dir, str(tmp_path / "t" / "c"), 1, num_workers=1,
+                               progress=False, verbose=False)
+    assert os.listdir(tmp_path / "t") == []
 
 
 def test_bad_images_and_boxes_are_counted(tmp_path, capsys):

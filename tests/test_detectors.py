@@ -170,7 +170,8 @@ def test_model_detector_nan_output_is_an_error(tmp_path):
     (([[0, 0, 10, 10]], [0.5, 0.4]), "one score per box"),
     (([[0, 0, np.nan, 10]], [0.5]), r"NaN or infinite value in boxes\[0\]"),
     (([[0, 0, 10, 10]], [np.inf]), r"NaN or infinite value in scores\[0\]"),
-    (([[0, 0, 0, 10]], [0.5]), "zero area"),
+    (([[0, 0, 0, 10]], [0.5]), "degenerate box 0"),
+    (([[0, 0, 10, 1e-9]], [0.5]), r"degenerate box 0 \(width and height must be at least 1 "),
     (([[500, 0, 10, 10]], [0.5]), "outside the 100x80 image"),
     ((["a", "b"], [1, 2]), "numeric"),
 ])

@@ -50,12 +50,35 @@ def test_every_model_kind_agrees(exported, reference, name):
     est = PoseEstimator(os.path.normpath(os.path.join(folder, name)))
     people = est.predict(IMAGE, boxes)
     assert len(people) == len(ref) == 2
-    for p, r in zip(people, ref):
+    # Every file's heatmaps are within 1e-4 of Keras (test_export.py's parity test;
+    # measured <= 1e-6), so a decoded keypoint may move only where that much can flip
+    # the decoding: a near-tie of the argmax or of the quarter-offset neighbours.
+    # Measured: no keypoint of the 34 moves in any format.
+    keras_est = PoseEstimator(exported[0])
+    ambiguous = decoding_near_ties(keras_est.predict_heatmaps(keras_est.crop(IMAGE, boxes)[0]))
+    for p, r, amb in zip(people, ref, ambiguous):
         assert p["keypoints"].shape == (17, 3)
         np.testing.assert_allclose(p["keypoints"][:, 2], r["keypoints"][:, 2], atol=1e-3)
-        # Decoded locations agree up to rare argmax ties on ~1e-5 differences.
         same = np.abs(p["keypoints"][:, :2] - r["keypoints"][:, :2]).max(-1) < 1e-2
-        assert same.mean() > 0.9, name
+        assert np.all(same | amb), (name, np.flatnonzero(~same))
+    assert ambiguous.mean() < 0.2  # the exemption does not cover most keypoints
+
+
+def decoding_near_ties(heatmaps, eps=1e-4):
+    """``(B, K)``: where a heatmap change below ``eps`` can move the decoded keypoint
+    (second-best pixel within ``eps`` of the best, or the quarter offset's neighbours
+    within ``eps`` of each other, or the maximum within ``eps`` of 0)."""
+    hm = np.transpose(np.asarray(heatmaps, np.float64), (0, 3, 1, 2))
+    b, k, h, w = hm.shape
+    flat = hm.reshape(b, k, -1)
+    top2 = np.sort(flat, axis=-1)[..., -2:]
+    idx = flat.argmax(-1)
+    py, px = idx // w, idx % w
+    bi, ki = np.ogrid[:b, :k]
+    dx = hm[bi, ki, py, np.minimum(px + 1, w - 1)] - hm[bi, ki, py, np.maximum(px - 1, 0)]
+    dy = hm[bi, ki, np.minimum(py + 1, h - 1), px] - hm[bi, ki, np.maximum(py - 1, 0), px]
+    return ((top2[..., 1] - top2[..., 0] < eps) | (np.abs(dx) < eps) | (np.abs(dy) < eps)
+            | (np.abs(top2[..., 1]) < eps))
 
 
 def test_keypoints_in_image_coordinates(exported, reference):
@@ -158,7 +181,7 @@ def test_bad_boxes(exported):
     model, _, _ = exported
     est = PoseEstimator(model)
     image = np.zeros((100, 200, 3), np.uint8)
-    with pytest.raises(ValueError, match="zero area"):
+    with pytest.raises(ValueError, match="degenerate"):
         est.predict(image, [[10, 10, 0, 20]])
     with pytest.raises(ValueError, match="outside"):
         est.predict(image, [[300, 10, 20, 20]])
@@ -180,6 +203,49 @@ def test_bad_boxes(exported):
         est.predict(image, [[10, 10, 20, 20]], [0.5, 0.5])
     with pytest.raises(ValueError, match="belong to `boxes`"):
         est.predict(image, None, [0.5])
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator():
+    import keras_dpn
+    return PoseEstimator(keras_dpn.DPN1_32(input_shape=(64, 48, 3)))
+
+
+@pytest.mark.parametrize("box, pattern", [
+    ([10, 10, 1e-9, 20], r"^Box 1 is degenerate \(width and height must be at least 1 pixel"),
+    ([10, 10, 20, 0.5], r"^Box 1 is degenerate"),
+    ([10, 10, 20, -3], r"^Box 1 is degenerate"),
+    ([10, 10, np.nan, 20], r"^Box 1 is not finite"),
+    ([199.5, 10, 20, 20], r"^Box 1 covers less than 1 pixel of the 200x100 image"),
+    ([-19.5, 10, 20, 20], r"^Box 1 covers less than 1 pixel"),
+])
+def test_degenerate_boxes_are_refused(tiny_estimator, box, pattern):
+    # A 1e-9 px box used to return a person scored 0.93 with every joint at one point.
+    image = np.zeros((100, 200, 3), np.uint8)
+    with pytest.raises(ValueError, match=pattern) as info:
+        tiny_estimator.predict(image, [[0, 0, 50, 50], box])
+    assert "Received: boxes[1]=" in str(info.value) and "\n" not in str(info.value)
+    # One pixel exactly is a (tiny) box.
+    assert len(tiny_estimator.predict(image, [[10, 10, 1, 1]])) == 1
+
+
+@pytest.mark.parametrize("score", [-1.0, 1e6, 1.0001, np.nan, np.inf])
+def test_box_scores_outside_0_1_are_refused(tiny_estimator, score):
+    # -1 and 1e6 used to give person scores of -1.43 and 1.4e6.
+    image = np.zeros((100, 200, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^`box_scores` must be finite and in \[0, 1\] "
+                                         r"\(probabilities; from the argument\)\. "
+                                         r"Received: box_scores\[1\]="):
+        tiny_estimator.predict(image, [[0, 0, 50, 50], [10, 10, 20, 20]], [0.5, score])
+    with_detector = PoseEstimator(tiny_estimator.backend.model,
+                                  detector=lambda img: ([[0, 0, 50, 50]], [score]))
+    # (A detector's NaN / inf scores are refused earlier, by the detector check.)
+    with pytest.raises(ValueError, match=r"from the detector's scores .*box_scores\[0\]"
+                       if np.isfinite(score) else r"NaN or infinite value in scores\[0\]"):
+        with_detector.predict(image)
+    people = tiny_estimator.predict(image, [[0, 0, 50, 50], [10, 10, 20, 20]], [0.0, 1.0])
+    assert people[0]["score"] == 0.0
+    assert people[1]["score"] == pytest.approx(float(np.mean(people[1]["keypoints"][:, 2])))
 
 
 def test_bad_model_files(exported, tmp_path):

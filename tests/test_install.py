@@ -37,8 +37,9 @@ def test_non_editable_install_exports_int8_and_predicts(tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path)
     python, bin_dir = venv / "bin" / "python", venv / "bin"
-    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source],
-         tmp_path)
+    # No pip cache or version check: nothing written to or fetched for the home folder.
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+          "--no-cache-dir", "--disable-pip-version-check", source], tmp_path)
     shutil.rmtree(source)  # the installed copy must stand alone
 
     work = tmp_path / "work"

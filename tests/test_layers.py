@@ -133,3 +133,29 @@ def test_dpm_blocks_are_in_the_tensorflow_object_graph(tmp_path):
     layout = weights_lib.model_layout(model)
     assert len(layout) == len(model.weights)
     assert all("/blocks/bottleneck" in key for key in layout), sorted(layout)[:3]
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Bottleneck(4, strides=2), (1, 8, 6, 8)),
+    (lambda: BasicBlock(8, strides=2), (1, 6, 4, 4)),
+    (lambda: DilationPyramidModule(2, num_blocks=3), (1, 8, 8, 8)),
+])
+def test_layers_stay_channels_last_under_global_channels_first(make, shape):
+    x = x_(shape)
+    reference = make()
+    expected = keras.ops.convert_to_numpy(reference(x))
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        layer = make()
+        out = layer(x)
+        assert out.shape == expected.shape
+        assert [v.shape for v in layer.weights] == [v.shape for v in reference.weights]
+        for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+            assert getattr(sublayer, "data_format", "channels_last") == "channels_last"
+            assert getattr(sublayer, "axis", -1) == -1  # BN: the channels axis
+        layer.set_weights(reference.get_weights())
+        out = keras.ops.convert_to_numpy(layer(x))
+    finally:
+        keras.config.set_image_data_format(previous)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)

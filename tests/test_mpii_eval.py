@@ -1,5 +1,7 @@
 """MPII PCKh reproduces the published validation scores of reference predictions."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,34 @@ def test_cli_prints_table(test_data_dir, pred_dir, capsys):
     mpii.main([str(test_data_dir / "mpii" / "gt_valid.mat"), str(pred_dir / "tompson.h5")])
     out = capsys.readouterr().out
     assert "tompson" in out and "82.34" in out
+
+
+def test_cli_errors_are_one_line(test_data_dir, pred_dir, tmp_path, capsys):
+    """Every error of ``python -m keras_dpn.evaluation.mpii`` is one line and exit
+    status 2 (they were tracebacks; a text file as the .mat was scipy's MatReadError)."""
+    gt_file = str(test_data_dir / "mpii" / "gt_valid.mat")
+    text_mat = tmp_path / "notes.mat"
+    text_mat.write_text("not a MATLAB file\n")
+    text_h5 = tmp_path / "notes.h5"
+    text_h5.write_text("not an HDF5 file\n")
+    (tmp_path / "preds.txt").write_text("1 2 3\n")
+    cases = [
+        ([str(text_mat), str(pred_dir / "tompson.h5")],
+         r"Not a readable MATLAB \.mat file \(.*\)\. Received: path='.*notes\.mat'"),
+        ([gt_file, str(text_mat)], r"Not a readable MATLAB \.mat file.*notes\.mat"),
+        ([gt_file, str(text_h5)], r"Not a readable HDF5 file \(.*\)\. Received: path='.*notes\.h5'"),
+        ([gt_file, str(tmp_path / "missing.h5")], r"Prediction file not found.*missing\.h5"),
+        ([str(tmp_path / "missing.mat"), str(pred_dir / "tompson.h5")],
+         r"ground truth file not found.*missing\.mat"),
+        ([gt_file, str(pred_dir / "tompson.h5"), str(tmp_path / "preds.txt")],
+         r"must be \.mat or \.h5.*preds\.txt"),
+    ]
+    for argv, pattern in cases:
+        assert mpii.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("python -m keras_dpn.evaluation.mpii: error: "), err
+        assert re.search(pattern, err), (pattern, err)
 
 
 @pytest.fixture(scope="module")

@@ -294,3 +294,59 @@ def test_registered_archive_must_match_its_entry(made, isolated):
                                              r"preset \[64, 48, 3\]\)"):
             keras_dpn.PoseEstimator.from_preset("DPN1_32.lie")
         assert [p for p in tree(isolated) if p.endswith(".tar.gz")] == []
+        # The refused preset is not left unpacked in the cache either (the docs
+        # promise that a failure leaves nothing), through a builder's weights= too.
+        assert tree(isolated / "presets") == []
+        with pytest.raises(ValueError, match=r"disagree \(input_shape"):
+            keras_dpn.DPN1_32(input_shape=(128, 96, 3), dilation_schedule="reversed",
+                              weights="lie")
+        assert tree(isolated / "presets") == [] and tree(isolated) == ["presets"]
+        weights_lib.register("DPN1_32", "tampered", url=f"{url}/dpn1_rev.tar.gz",
+                             sha256="0" * 64, input_shape=SHAPE, num_keypoints=17,
+                             config={"dilation_schedule": "reversed"})
+        with pytest.raises(ValueError, match="Could not fetch"):
+            keras_dpn.DPN1_32(input_shape=SHAPE, dilation_schedule="reversed",
+                              weights="tampered")
+        assert tree(isolated) == ["presets"]
+
+
+def test_http_url_without_sha256_needs_an_opt_in(made, isolated, monkeypatch):
+    monkeypatch.delenv(presets.ALLOW_UNVERIFIED_ENV, raising=False)
+    with serve(made["root"]) as url:
+        bare = f"{url}/dpn1_rev.tar.gz"
+        for source in (bare, f"{bare}#sha256=abc"):
+            with pytest.raises(ValueError, match=r"^(An http\(s\) preset URL needs the "
+                               r"archive's sha256|A preset URL ends in #sha256=).*Received: "
+                               r"preset='http://127"):
+                presets.get_preset(source)
+        with pytest.raises(ValueError, match="allow_unverified=True"):
+            keras_dpn.DPN1_32(input_shape=SHAPE, dilation_schedule="reversed", weights=bare)
+        assert tree(isolated) == []  # refused before anything was downloaded
+        with pytest.warns(UserWarning, match=f"its sha256 is {made['tgz_sha']}: pin it with "
+                                             f"{bare}#sha256={made['tgz_sha']}"):
+            model = presets.from_preset(bare, allow_unverified=True)
+        np.testing.assert_array_equal(out(model, made["x"]), made["expected"])
+        monkeypatch.setenv(presets.ALLOW_UNVERIFIED_ENV, "1")  # for a builder's weights=
+        with pytest.warns(UserWarning, match="unverified"):
+            keras_dpn.DPN1_32(input_shape=SHAPE, dilation_schedule="reversed", weights=bare)
+    # A file:// URL is a local file: no digest needed.
+    monkeypatch.delenv(presets.ALLOW_UNVERIFIED_ENV)
+    assert presets.get_preset(f"file://{made['tgz']}").variant == "DPN1_32"
+
+
+def test_export_allow_unverified_flag(made, tmp_path, monkeypatch, capsys):
+    from keras_dpn import cli
+
+    monkeypatch.setenv(presets.ALLOW_UNVERIFIED_ENV, "0")  # restored after the test
+    with serve(made["root"]) as url:
+        argv = ["export", "DPN1_32", "--input-size", "64", "48", "--weights",
+                f"{url}/dpn1_rev.tar.gz", "--formats", "onnx", "--out-dir", str(tmp_path / "o")]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "needs the archive's sha256" in err
+        # Allowed: downloaded, then refused for what it is (a reversed-schedule preset).
+        with pytest.warns(UserWarning, match="unverified"):
+            assert cli.main(argv + ["--allow-unverified"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "dilation_schedule='reversed'" in err
+    assert not (tmp_path / "o").exists()

@@ -7,6 +7,7 @@ recipe on the bundled sample, with its evaluation and its TFLite export.
 
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 
 import keras_dpn
 from download_helpers import _isolated_always, isolated, serve, sha256, tree  # noqa: F401
+from fault_helpers import mount_tmpfs  # noqa: F401
 from keras_dpn import cli, presets, publish
 from keras_dpn import weights as weights_lib
 
@@ -69,7 +71,9 @@ def test_trainer_records_the_run(run):
                       "dilation_schedule": "pyramid", "num_blocks": 6, "kernel_size": 3}}
     state = json.loads((run[0] / "checkpoints" / "state.json").read_text())
     assert config["architecture"] == state["architecture"]
-    assert config["keypoints"] == "coco" and config["dataset"]["name"] == "synthetic"
+    # The whole set as data (run_info gave its name).
+    assert config["keypoints"] == keras_dpn.COCO_17.to_dict()
+    assert config["dataset"]["name"] == "synthetic"
     assert config["training"]["epochs"] == 1 and config["training"]["monitor"] == "loss"
 
 
@@ -107,6 +111,7 @@ def test_publish_serve_register_load_by_tag_predict(run, tmp_path, isolated, cap
                                   keras.ops.convert_to_numpy(reference(x)))
     people = estimator.predict(IMAGE, boxes=BOXES)
     expected = keras_dpn.PoseEstimator(reference).predict(IMAGE, boxes=BOXES)
+    assert len(people) == len(expected) == len(BOXES)
     for got, want in zip(people, expected):
         np.testing.assert_array_equal(got["keypoints"], want["keypoints"])
     # The run's weights matter: an untrained model predicts other heatmaps.
@@ -259,9 +264,196 @@ def test_recipe_run_to_release_on_the_sample(tmp_path, isolated):
     reference = keras_dpn.DPN1_32(input_shape=SHAPE)
     reference.load_weights(run_dir / "best.weights.h5")
     want = keras_dpn.PoseEstimator(reference).predict(IMAGE, boxes=BOXES)
-    for got, ref in zip(keras_est.predict(IMAGE, boxes=BOXES), want):
+    got_people = keras_est.predict(IMAGE, boxes=BOXES)
+    assert len(got_people) == len(want) == len(BOXES)
+    for got, ref in zip(got_people, want):
         np.testing.assert_array_equal(got["keypoints"], ref["keypoints"])
     run_lite = keras_dpn.PoseEstimator(str(run_dir / "export" / "model_fp32.tflite"))
-    for got, ref in zip(lite_est.predict(IMAGE, boxes=BOXES),
-                        run_lite.predict(IMAGE, boxes=BOXES)):
+    lite_people, run_people = (lite_est.predict(IMAGE, boxes=BOXES),
+                               run_lite.predict(IMAGE, boxes=BOXES))
+    assert len(lite_people) == len(run_people) == len(BOXES)
+    for got, ref in zip(lite_people, run_people):
         np.testing.assert_array_equal(got["keypoints"], ref["keypoints"])
+
+
+# A 17-joint set of its own: COCO's joints with wider sigmas and no face limbs.
+WIDE17 = dict(keras_dpn.COCO_17.to_dict(), name="wide17",
+              sigmas=[2 * s for s in keras_dpn.COCO_17.sigmas],
+              skeleton=[list(p) for p in keras_dpn.COCO_17.skeleton[:12]], colors=[])
+
+
+@pytest.mark.parametrize("recorded", ["dict", "coco_name"])
+def test_publish_reads_the_keypoint_set_run_config_records(run, tmp_path, recorded):
+    run_dir = copy_run(run, tmp_path)
+    value = WIDE17 if recorded == "dict" else "coco"  # "coco": a run of keras-dpn 0.1
+    edit_json(run_dir / "run_config.json", lambda c: c.update(keypoints=value))
+    out = publish.publish_run(run_dir, "wide", out_dir=tmp_path / "rel")
+    preset = presets.get_preset(out["preset"])
+    expected = keras_dpn.KeypointSpec.from_dict(WIDE17) if recorded == "dict" \
+        else keras_dpn.COCO_17
+    assert preset.keypoint_spec() == expected
+    assert out["entry"]["keypoints"] == expected.name
+    estimator = keras_dpn.PoseEstimator.from_preset(out["preset"])
+    assert estimator.spec == expected
+    if recorded == "dict":
+        assert estimator.spec.sigmas == tuple(WIDE17["sigmas"])  # not COCO's
+    # The card lists the sigmas AP is measured with.
+    card = (tmp_path / "rel" / "wide" / "README.md").read_text()
+    assert f"| 16 | right_ankle | left_ankle | {expected.sigmas[16]:g} |" in card
+
+
+@pytest.mark.parametrize("value,message", [
+    ("KeypointSpec(name='body12', ...)", "does not record its fields"),
+    (["coco"], "records no keypoint set"),
+    (dict(WIDE17, sigmas=[0.0] * 17), "run_config.json `keypoints`: `sigmas` entry 0"),
+    (dict(WIDE17, names=WIDE17["names"][:12], sigmas=WIDE17["sigmas"][:12]), "12 joints"),
+])
+def test_publish_refuses_a_bad_recorded_keypoint_set(run, tmp_path, value, message):
+    run_dir = copy_run(run, tmp_path)
+    edit_json(run_dir / "run_config.json", lambda c: c.update(keypoints=value))
+    with pytest.raises(ValueError) as info:
+        publish.publish_run(run_dir, "bad", out_dir=tmp_path / "rel")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "rel").exists() or os.listdir(tmp_path / "rel") == []
+
+
+@pytest.mark.parametrize("keypoints", ["coco", keras_dpn.COCO_17, "dict", "file"])
+def test_record_run_stores_the_set_as_data(tmp_path, keypoints):
+    if keypoints == "dict":
+        keypoints = WIDE17
+    elif keypoints == "file":
+        keypoints = str(tmp_path / "wide17.json")
+        (tmp_path / "wide17.json").write_text(json.dumps(WIDE17))
+    model = keras_dpn.DPN1_32(input_shape=SHAPE)
+    record = publish.record_run(tmp_path / "r", model=model, keypoints=keypoints)
+    on_disk = json.loads((tmp_path / "r" / "run_config.json").read_text())["keypoints"]
+    assert on_disk == record["keypoints"]
+    assert keras_dpn.KeypointSpec.from_dict(on_disk) == keras_dpn.get_keypoint_spec(keypoints)
+    with pytest.raises(ValueError, match="the model's head has 17"):
+        publish.record_run(tmp_path / "r2", model=model, keypoints="mpii")
+
+
+@pytest.mark.parametrize("url", ["not a url", "https://", "ftp://example.org/x.tar.gz",
+                                 "https://example.org/x.zip", "file://relative/x.tar.gz",
+                                 "https://example.org:port/x.tar.gz"])
+def test_bad_url_is_refused_before_anything_is_written(url, run, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"`url` must .*Received: url="):
+        publish.publish_run(run[0], "x", out_dir=out_dir, url=url)
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir", str(out_dir),
+                     "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-dpn publish: error: `url` must")
+    assert tree(tmp_path) == []
+
+
+def test_folder_url_names_the_archive(run, tmp_path):
+    done = publish.publish_run(run[0], "x", out_dir=tmp_path, url="https://example.org/rel/")
+    assert done["entry"]["url"] == "https://example.org/rel/x.tar.gz"
+
+
+def test_rerun_after_a_killed_publish_cleans_up_and_completes(run, tmp_path):
+    from fault_helpers import dead_token
+
+    out = tmp_path / "out"
+    first = publish.publish_run(run[0], "x", out_dir=out)
+    # What a kill -9 left: with keras-dpn 0.1 a complete preset folder without archive
+    # or registry file; now a staging folder and a half archive of the dead process.
+    os.remove(first["archive"])
+    os.remove(first["registry_file"])
+    token = dead_token()
+    stage = out / f".x.partial-{token}"
+    shutil.copytree(first["preset"], stage / "x")
+    (out / f".x.partial-{token}.tar.gz").write_bytes(b"half")
+    (out / f".x.partial-{token}.registry.json").write_text("[")
+    (out / ".y.partial-p00001zz").mkdir()  # another release's: not this rerun's business
+    again = publish.publish_run(run[0], "x", out_dir=out)  # no --overwrite needed
+    assert sorted(tree(out)) == sorted(
+        [".y.partial-p00001zz", "x", "x.registry.json", "x.tar.gz"]
+        + [f"x/{p}" for p in tree(first["preset"])])
+    assert again["sha256"] == sha256(again["archive"])
+    assert json.loads(open(again["registry_file"]).read())[0]["sha256"] == again["sha256"]
+    # A complete release is still refused without --overwrite.
+    with pytest.raises(FileExistsError, match="already exists"):
+        publish.publish_run(run[0], "x", out_dir=out)
+
+
+def test_overwrite_onto_a_folder_at_the_archive_is_refused_first(run, tmp_path, capsys):
+    from fault_helpers import snapshot
+
+    out = tmp_path / "out"
+    publish.publish_run(run[0], "x", out_dir=out)
+    os.remove(out / "x.tar.gz")
+    (out / "x.tar.gz").mkdir()
+    before = snapshot(out)
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir", str(out),
+                     "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "A folder stands where the release's file goes" in err
+    assert f"Received: {out / 'x.tar.gz'}" in err
+    assert snapshot(out) == before and os.path.isdir(out / "x.tar.gz")
+    # A file where the out folder goes.
+    (tmp_path / "file").write_text("mine")
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir",
+                     str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err
+
+
+def test_read_only_and_full_disk_are_one_line(run, tmp_path, mount_tmpfs, capsys):
+    from fault_helpers import snapshot
+
+    read_only = mount_tmpfs("ro", "ro,size=1m")
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir",
+                     str(read_only / "presets")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Read-only file system" in err and str(read_only) in err
+    # A disk with room for the release once: a second one (--overwrite keeps the
+    # first until the new one is complete) fills it.
+    probe = publish.publish_run(run[0], "x", out_dir=tmp_path / "probe")
+    size = sum(len(v) for v in snapshot(tmp_path / "probe").values())
+    disk = mount_tmpfs("disk", f"size={(size * 3 // 2) // 4096 * 4096 + 8 * 4096}")
+    assert probe["sha256"]
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir", str(disk)]) == 0
+    capsys.readouterr()
+    before = snapshot(disk)
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir", str(disk),
+                     "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Not enough free space" in err and str(disk) in err
+    assert snapshot(disk) == before  # the first release whole, nothing of the second
+
+
+def test_full_disk_without_a_mount_is_one_line(run, tmp_path, monkeypatch, capsys):
+    """Where no tmpfs can be mounted: the archive writer fails with ENOSPC."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]))
+
+    monkeypatch.setattr(presets, "archive_preset", full)
+    out = tmp_path / "out"
+    assert cli.main(["publish", str(run[0]), "--name", "x", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"keras-dpn publish: error: [Errno 28] Cannot write the release 'x' into {out}: "
+        "No space left on device")
+    assert tree(out) == []
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "history.csv").write_text("epoch,loss,val_AP\n1,0.5,0.1\nabc,0.4,0.2\n"),
+     r"history\.csv line 3: `epoch` must be a whole number, found 'abc'"),
+    (lambda d: (d / "best.json").write_text("[1, 2]"),
+     r"holds a JSON list, not an object; nothing was written\. Received: .*best\.json$"),
+    (lambda d: (d / "best.json").write_text("{\"epoch\": 1,"),
+     r"cannot be read as JSON \(Expecting property name .*line 1 column 13 .*best\.json$"),
+])
+def test_damaged_run_files_are_one_line_naming_the_file(damage, message, run, tmp_path, capsys):
+    run_dir = copy_run(run, tmp_path)
+    damage(run_dir)
+    out = tmp_path / "out"
+    assert cli.main(["publish", str(run_dir), "--name", "x", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(message, err), err
+    assert tree(out) == []

@@ -1,7 +1,8 @@
-"""recipes/train_coco.py and train_mpii.py: end to end on the sample, resume, bad input.
+"""`keras-dpn train` (keras_dpn/train_command.py) and its wrappers recipes/train_coco.py and
+train_mpii.py: end to end on the sample, resume, bad input.
 
 The default-suite runs use a tiny variant (DPN1_32 at 64x48) through the real
-recipe code: sample shards (built in a temporary folder with --shards-dir),
+command code: sample shards (built in a temporary folder with --shards-dir),
 tf.data pipeline, Trainer, COCO AP / PCKh callbacks, export, the prediction
 picture. The no-argument run and the learning proof are ``slow``.
 """
@@ -14,10 +15,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "recipes"))
+from keras_dpn import train_command
 
-import train_coco  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--model", "DPN1_32", "--input-size", "64", "48", "--batch-size", "4",
         "--steps-per-epoch", "2", "--strategy", "default", "--verbose", "0"]
@@ -28,7 +28,7 @@ def shards_dir(tmp_path_factory):
     """The sample shards (COCO and MPII), built once into a temporary folder."""
     folder = str(tmp_path_factory.mktemp("sample_shards"))
     for dataset in ("coco", "mpii"):
-        train_coco._sample_shards(dataset, folder)
+        train_command.sample_shards(dataset, folder)
     return folder
 
 
@@ -41,13 +41,13 @@ def test_coco_recipe_on_the_sample_then_resume(tmp_path, capsys, shards_dir):
     out = str(tmp_path / "run")
     base = TINY + ["--shards-dir", shards_dir, "--output", out]
     # Mixed precision as in the sample run: the export must still be float32.
-    assert train_coco.main(base + ["--epochs", "1", "--seed", "0", "--mixed-precision",
+    assert train_command.main(base + ["--epochs", "1", "--seed", "0", "--mixed-precision",
                                    "--export-formats", "tflite_fp32"]) == 0
     printed = capsys.readouterr().out
     assert "SAMPLE RUN" in printed and "on the training images" in printed
     assert "Outputs:" in printed and out in printed
     rows = _rows(out)
-    assert [r["epoch"] for r in rows] == ["0"]
+    assert [r["epoch"] for r in rows] == ["1"]  # 1-based, as the log and best.json
     assert 0.0 <= float(rows[0]["val_AP"]) <= 1.0
     for name in ("best.weights.h5", "curves.png", "export/model_fp32.tflite",
                  "eval/keypoints_val_results_001.json"):
@@ -55,44 +55,46 @@ def test_coco_recipe_on_the_sample_then_resume(tmp_path, capsys, shards_dir):
     # The picture: the exported TFLite file's predictions, drawn on the preview image.
     import cv2
     picture = cv2.imread(os.path.join(out, "prediction.jpg"))
-    image_path, boxes = train_coco._preview_people("coco")
+    image_path, boxes = train_command._preview_people("coco")
     assert picture.shape == cv2.imread(image_path).shape and len(boxes) >= 2
     assert "prediction (model_fp32.tflite)" in printed
 
     # Resume after the first epoch: exactly one more epoch, same lr schedule.
-    assert train_coco.main(base + ["--epochs", "2", "--resume", "--export-formats"]) == 0
+    # (--resume refuses changed run settings: the seed comes again.)
+    assert train_command.main(base + ["--epochs", "2", "--seed", "0", "--resume",
+                                      "--export-formats"]) == 0
     capsys.readouterr()
-    assert [r["epoch"] for r in _rows(out)] == ["0", "1"]
+    assert [r["epoch"] for r in _rows(out)] == ["1", "2"]
     state = json.load(open(os.path.join(out, "checkpoints", "state.json")))
     assert state["epoch"] == 2 and state["step"] == 4
     # Without --resume the run folder is refused.
-    assert train_coco.main(base + ["--epochs", "3", "--export-formats", "none"]) == 2
+    assert train_command.main(base + ["--epochs", "3", "--export-formats", "none"]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
 def test_sample_run_defaults_and_export_formats(tmp_path):
     """The sample run's settings (see the recipe's docstring); --export-formats spellings."""
     out = str(tmp_path / "run")
-    args = train_coco.resolve_config(train_coco.build_parser().parse_args(["--output", out]),
+    args = train_command.resolve_config(train_command.build_parser().parse_args(["--output", out]),
                                      "coco")
     assert args.sample and tuple(args.input_size) == (128, 96) and args.augment == "none"
     assert args.flip_test is False and args.mixed_precision is True
     assert args.export_formats == ("saved_model", "tflite_fp32")
-    real = train_coco.build_parser().parse_args(
+    real = train_command.build_parser().parse_args(
         ["--train-shards", "a", "--val-shards", "b", "--annotations",
-         train_coco.SAMPLE["coco"]["annotations"], "--output", out])
-    real = train_coco.resolve_config(real, "coco")
+         train_command.SAMPLE["coco"]["annotations"], "--output", out])
+    real = train_command.resolve_config(real, "coco")
     assert tuple(real.input_size) == (256, 192) and real.augment == "reference"
     assert real.flip_test is True and real.export_formats is None and real.epochs == 140
     assert not os.path.exists(out)
     # --help lists the export formats without importing TensorFlow; keep them equal.
     from keras_dpn import export
-    assert train_coco.EXPORT_FORMATS == tuple(export.FORMATS)
+    assert train_command.EXPORT_FORMATS == tuple(export.FORMATS)
     for argv, expected in ((["--export-formats", "none"], ()), (["--export-formats"], ()),
                            (["--export-formats", "all"], None),
                            (["--export-formats", "onnx", "saved_model"], ("onnx", "saved_model"))):
-        args = train_coco.build_parser().parse_args(argv + ["--output", out])
-        assert train_coco.resolve_config(args, "coco").export_formats == expected, argv
+        args = train_command.build_parser().parse_args(argv + ["--output", out])
+        assert train_command.resolve_config(args, "coco").export_formats == expected, argv
 
 
 @pytest.mark.parametrize("case", [
@@ -104,7 +106,7 @@ def test_sample_run_defaults_and_export_formats(tmp_path):
 def test_bad_input_fails_before_training(tmp_path, capsys, shards_dir, case):
     coco = os.path.join(shards_dir, "coco_sample-*.tfrecord")
     mpii = os.path.join(shards_dir, "mpii_sample-*.tfrecord")
-    ann = train_coco.SAMPLE["coco"]["annotations"]
+    ann = train_command.SAMPLE["coco"]["annotations"]
     out = str(tmp_path / "run")
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -154,7 +156,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys, shards_dir, case):
     if case != "resume_without_output":
         argv = argv + ["--output", out]
     before = sorted(os.listdir(tmp_path))
-    assert train_coco.main(TINY + argv) == 2
+    assert train_command.main(TINY + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err, err
     assert err.count("\n") == 1, "one line"
@@ -168,7 +170,7 @@ def test_mpii_recipe_on_the_sample(tmp_path, shards_dir):
             "--steps-per-epoch", "1", "--epochs", "1", "--strategy", "default",
             "--export-formats", "none", "--verbose", "0", "--output", out,
             "--shards-dir", shards_dir]
-    assert train_coco.main(argv, dataset="mpii") == 0
+    assert train_command.main(argv, dataset="mpii") == 0
     rows = _rows(out)
     assert "val_PCKh" in rows[0] and 0.0 <= float(rows[0]["val_PCKh"]) <= 100.0
 
@@ -197,7 +199,7 @@ def test_sample_run_learns_and_exports(tmp_path, backend):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Outputs:" in proc.stdout
     rows = _rows(out)
-    assert len(rows) == train_coco.SAMPLE_RUN["epochs"]
+    assert len(rows) == train_command.RUN_PRESETS["sample"]["epochs"]
     ap = [float(r["val_AP"]) for r in rows]
     assert max(ap) >= 0.5 and ap[-1] > ap[len(ap) // 4] + 0.3, ap
     for name in ("curves.png", "prediction.jpg", *files):

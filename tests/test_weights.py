@@ -71,7 +71,8 @@ def test_register_get_and_list():
     assert weights_lib.list_entries() == ["DPN4_32.mine"]
     assert weights_lib.list_entries("HRNetW32") == []
     with pytest.raises(ValueError, match="already registered"):
-        weights_lib.register("DPN4_32", "mine", url="x", sha256="a" * 64,
+        weights_lib.register("DPN4_32", "mine", url="https://example.org/w.weights.h5",
+                             sha256="a" * 64,
                              input_shape=(256, 192, 3), num_keypoints=17)
     with pytest.raises(ValueError, match="Received: key='DPN4_32.coco'"):
         weights_lib.get_entry("DPN4_32.coco")
@@ -80,6 +81,8 @@ def test_register_get_and_list():
 @pytest.mark.parametrize("kwargs,arg", [
     (dict(sha256="abc"), "sha256"), (dict(num_keypoints=0), "num_keypoints"),
     (dict(url=""), "url"), (dict(input_shape=(256, 192)), "input_shape"),
+    (dict(url="not a url"), "url"), (dict(url="https:///no-host.tar.gz"), "url"),
+    (dict(url="ftp://example.org/w.weights.h5"), "url"), (dict(url="file://relative"), "url"),
 ])
 def test_register_validates(kwargs, arg):
     args = dict(arch="DPN4_32", tag="t", url="http://127.0.0.1:1/w.weights.h5",
@@ -313,4 +316,28 @@ def test_load_registry_file(tmp_path):
     with pytest.raises(ValueError, match=r"Entry 1 of the registry file is invalid.*width.*"
                                          r"Received: path="):
         weights_lib.load_registry(path)
+    assert weights_lib.list_entries() == []
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(input_shape="abc"), r"`input_shape` must be \(height, width, 3\) of positive integers"
+                              r"\. Received: input_shape='abc'"),
+    (dict(input_shape=["64", "48", "3"]), r"Received: input_shape=\['64', '48', '3'\]"),
+    (dict(metrics=[[1, 2, 3]]), r"`metrics` must be a dict\. Received: metrics=\[\[1, 2, 3\]\]"),
+    (dict(file_name="../x.weights.h5"), r"`file_name` must be a plain file name"),
+    (dict(url="not a url"), r"`url` must be an http://, https:// or file:// URL"),
+    ("[{\"arch\": 1,}", r"Cannot read the registry file \(Expecting property name .*: line 1 "
+                        r"column 13 \(char 12\)\)"),
+])
+def test_registry_file_errors_name_the_entry_and_the_file(change, message, tmp_path):
+    path = tmp_path / "r.registry.json"
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        entry = dict(arch="DPN1_32", tag="t", url="https://example.org/x.tar.gz",
+                     sha256="0" * 64, input_shape=[64, 48, 3], num_keypoints=17)
+        path.write_text(json.dumps([dict(entry, **change)]))
+    with pytest.raises(ValueError, match=message) as info:
+        weights_lib.load_registry(path)
+    assert "\n" not in str(info.value) and str(info.value).endswith(f"Received: path={str(path)!r}")
     assert weights_lib.list_entries() == []

@@ -8,12 +8,19 @@ TensorFlow. ``crops`` (:class:`PersonCrops`) reads the annotation file and the
 images with OpenCV into a ``keras.utils.PyDataset``: training and evaluation
 on any Keras backend, without TensorFlow.
 
-Example:
+Example (the bundled sample; shards in a temporary folder):
+>>> import os, tempfile
 >>> from keras_dpn import data
->>> data.build_coco_shards("sample_data/coco/annotations/person_keypoints_sample.json",
-...                        "sample_data/coco/images", "/tmp/shards/coco", 2)  # doctest: +SKIP
->>> ds = data.build_dataset("/tmp/shards/coco-*.tfrecord", batch_size=32)  # doctest: +SKIP
->>> images, heatmaps, target_weight = next(iter(ds))  # doctest: +SKIP
+>>> with tempfile.TemporaryDirectory() as d:
+...     manifest = data.build_coco_shards(
+...         "sample_data/coco/annotations/person_keypoints_sample.json",
+...         "sample_data/coco/images", os.path.join(d, "coco"), 2, progress=False,
+...         verbose=False)
+...     ds = data.build_dataset(os.path.join(d, "coco-*.tfrecord"), batch_size=8,
+...                             input_size=(64, 48), heatmap_size=(16, 12), verbose=False)
+...     images, heatmaps, target_weight = next(iter(ds))
+>>> images.shape, heatmaps.shape, target_weight.shape
+(TensorShape([8, 64, 48, 3]), TensorShape([8, 16, 12, 17]), TensorShape([8, 17]))
 """
 
 from keras_dpn import _optional
@@ -27,5 +34,6 @@ from keras_dpn.data.shards import SkipCounter, format_report, write_shards
 __getattr__, _LAZY = _optional.lazy_exports(__name__, {
     "decoder": ("decode_example", "make_example"),
     "parser": ("PersonParser",),
-    "pipeline": ("build_dataset", "check_shards", "load_detections", "resolve_shards"),
+    "pipeline": ("build_dataset", "check_shards", "load_detections", "resolve_shards",
+                 "shard_keypoint_spec"),
 })

@@ -1,24 +1,30 @@
-"""Command lines of the shard builders (``tfrecords/build_coco.py``, ``build_mpii.py``)."""
+"""Command lines of the shard builders (``tfrecords/build_coco.py``, ``build_mpii.py``).
+
+Nothing of keras_dpn is imported before the arguments are parsed: the
+scripts load this file on its own, so ``--help`` and argument errors come
+without Keras' and TensorFlow's start-up (seconds, and log lines).
+"""
 
 import argparse
-import json
 import os
 import sys
 
-from keras_dpn.keypoints import KeypointSpec, get_keypoint_spec
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors in one line, as ``keras_dpn._cli_errors.ArgumentParser`` (not imported:
+    this file is loaded without the package, see the module docstring)."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
 SAMPLE = os.path.join(REPO, "sample_data")
 
 
 def load_spec(value):
-    """``coco`` / ``mpii``, or a json file with the ``KeypointSpec`` fields."""
-    if value.endswith(".json"):
-        with open(value) as f:
-            fields = json.load(f)
-        tuples = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                  if isinstance(v, list) else v for k, v in fields.items()}
-        return KeypointSpec(**tuples)
+    """``coco`` / ``mpii``, or a keypoint-set json file (docs/keypoints.md)."""
+    from keras_dpn.keypoints import get_keypoint_spec
     return get_keypoint_spec(value)
 
 
@@ -29,7 +35,7 @@ def _parser(kind):
         "mpii": (os.path.join(SAMPLE, "mpii", "valid_sample.json"),
                  os.path.join(SAMPLE, "mpii", "images"), "tfrecords/sample/mpii_sample", 1),
     }[kind]
-    p = argparse.ArgumentParser(
+    p = _OneLineErrorParser(
         description=f"Build {kind.upper()} TFRecord shards (one record per image with all its "
                     "people). With no arguments, builds the bundled sample.")
     p.add_argument("--annotations", default=defaults[0],
@@ -41,11 +47,16 @@ def _parser(kind):
     p.add_argument("--num-shards", type=int, default=defaults[3])
     p.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel writer processes (default: 2)")
-    p.add_argument("--dataset", default=kind,
-                   help="keypoint set: coco, mpii, or a json file with KeypointSpec fields")
+    p.add_argument("--keypoints", "--dataset", dest="keypoints", default=kind,
+                   metavar="SET", help=f"keypoint set: coco, mpii or a keypoint-set FILE.json "
+                   f"(docs/keypoints.md); the manifest records it whole. Default: {kind}. "
+                   "--dataset is the old name")
     p.add_argument("--drop-empty-images", action="store_true",
                    help="drop images left without usable people (fine for training shards; "
                         "evaluation with detections needs them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a complete shard set already under --output (of any "
+                        "--num-shards); the old set stays until the new one is complete")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -53,14 +64,14 @@ def _parser(kind):
 def main(kind, argv=None):
     args = _parser(kind).parse_args(argv)
     from keras_dpn import data
-    from keras_dpn.data.shards import WorkerDiedError
+    from keras_dpn.data.shards import ShardWriteError, WorkerDiedError
     build = data.build_coco_shards if kind == "coco" else data.build_mpii_shards
     try:
-        spec = load_spec(args.dataset)
+        spec = load_spec(args.keypoints)
         build(args.annotations, args.images, args.output, args.num_shards, dataset=spec,
               num_workers=args.num_workers, keep_empty_images=not args.drop_empty_images,
-              progress=not args.no_progress)
-    except (ValueError, WorkerDiedError) as e:
+              progress=not args.no_progress, overwrite=args.overwrite)
+    except (ValueError, WorkerDiedError, ShardWriteError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Shards: {os.path.abspath(args.output)}-*-of-{args.num_shards:05d}.tfrecord")

@@ -9,7 +9,6 @@ that are well-formed but unusable are skipped and counted by reason.
 """
 
 import json
-import math
 import os
 
 import numpy as np
@@ -24,14 +23,69 @@ def load_json(path, what="annotation file"):
     if not os.path.isfile(path):
         raise ValueError(f"The {what} does not exist. Received: {path!r}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"The {what} {path!r} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"The {what} {path!r} is not valid JSON (not UTF-8 text: {e.reason} "
+                         f"at byte {e.start}).") from None
+    except OSError as e:
+        raise ValueError(f"The {what} {path!r} cannot be read: {e.strerror or e}.") from None
+
+
+def integer(value):
+    """``value`` as an int if it is an integer (or an integral float such as
+    ``139.0``, which some JSON writers produce), else None; booleans are not
+    integers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and -2 ** 63 <= value < 2 ** 63 else None
+
+
+def numbers(value, length=None):
+    """``value`` as a float64 array if it is a (nested) list of numbers of
+    ``length`` items, else None: booleans, null and strings are not numbers."""
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        return None
+    flat, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat.append(v)
+        else:
+            return None
+    try:
+        return np.asarray(value, np.float64)
+    except (TypeError, ValueError):  # ragged nesting
+        return None
+
+
+def first_bad(value):
+    """Describes the first item of a list that is not a number (for messages)."""
+    stack = [([], value)]
+    while stack:
+        where, v = stack.pop(0)
+        if isinstance(v, list):
+            stack[:0] = [(where + [i], x) for i, x in enumerate(v)]
+        elif not isinstance(v, (int, float)) or isinstance(v, bool):
+            return "".join(f"[{i}]" for i in where) + f" is {json.dumps(v)[:40]}"
+    return "is ragged"
 
 
 def read_coco(annotation_file, image_dir, dataset="coco"):
     """Reads and checks a COCO keypoint annotation file.
+
+    Every field used is type-checked: ids must be integers (an integral
+    float such as ``139.0`` is read as 139; ``139.7`` is an error),
+    ``file_name`` a string, ``height``/``width`` non-negative integers when
+    present, ``bbox`` four numbers, ``keypoints`` 3 x K numbers (booleans
+    are not numbers), ``area`` a number, ``iscrowd`` 0 or 1. Image ids and
+    annotation ids must be unique.
 
     Args:
         annotation_file: path of the COCO-format json.
@@ -44,11 +98,15 @@ def read_coco(annotation_file, image_dir, dataset="coco"):
         ``path``, ``height``, ``width``, ``people``) and a ``SkipCounter``.
 
     Raises:
-        ValueError: unreadable file, missing keys, wrong keypoint length.
+        ValueError: unreadable file, missing keys, a field of the wrong type,
+            wrong keypoint length, duplicate ids; one line naming the file,
+            the entry and the field.
 
     Example:
     >>> entries, skips = read_coco("sample_data/coco/annotations/person_keypoints_sample.json",
-    ...                            "sample_data/coco/images")  # doctest: +SKIP
+    ...                            "sample_data/coco/images")
+    >>> len(entries), sum(len(e["people"]) for e in entries)
+    (52, 124)
     """
     spec = get_keypoint_spec(dataset)
     k = spec.num_keypoints
@@ -63,67 +121,120 @@ def read_coco(annotation_file, image_dir, dataset="coco"):
                              f"{sorted(data)}).")
         if not isinstance(data[key], list):
             raise ValueError(f"{name}: `{key}` must be a list. Received: {type(data[key]).__name__}")
-    kp_categories = {c["id"] for c in data.get("categories", []) if isinstance(c, dict)
+    categories = data.get("categories", [])
+    if not isinstance(categories, list):
+        raise ValueError(f"{name}: `categories` must be a list. Received: {type(categories).__name__}")
+    kp_categories = {integer(c["id"]) for c in categories if isinstance(c, dict)
                      and c.get("keypoints") is not None and "id" in c}
+    kp_categories.discard(None)
     images = {}
     for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise ValueError(f"{name}: images[{i}] must be an object. Received: {json.dumps(img)[:100]}")
         missing = [key for key in ("id", "file_name") if key not in img]
         if missing:
             raise ValueError(f"{name}: images[{i}] misses key(s) {missing}. Received: {img!r:.200}")
-        if img["id"] in images:
-            raise ValueError(f"{name}: duplicate image id {img['id']} (images[{i}]).")
-        images[img["id"]] = {
-            "image_id": int(img["id"]), "filename": str(img["file_name"]),
-            "path": os.path.join(os.fspath(image_dir), str(img["file_name"])),
-            "height": int(img.get("height", 0)), "width": int(img.get("width", 0)),
-            "people": []}
+        image_id = integer(img["id"])
+        if image_id is None:
+            raise ValueError(f"{name}: images[{i}] `id` must be an integer (image ids are "
+                             f"integers). Received: id={json.dumps(img['id'])[:60]}")
+        if image_id in images:
+            raise ValueError(f"{name}: duplicate image id {image_id} (images[{i}]).")
+        where = f"images[{i}] (image id {image_id})"
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise ValueError(f"{name}: {where} `file_name` must be a non-empty string. "
+                             f"Received: file_name={json.dumps(img['file_name'])[:60]}")
+        size = {}
+        for key in ("height", "width"):
+            size[key] = integer(img.get(key, 0))
+            if size[key] is None or size[key] < 0:
+                raise ValueError(f"{name}: {where} `{key}` must be a non-negative integer (or "
+                                 f"absent). Received: {key}={json.dumps(img[key])[:60]}")
+        images[image_id] = {
+            "image_id": image_id, "filename": img["file_name"],
+            "path": os.path.join(os.fspath(image_dir), img["file_name"]),
+            "height": size["height"], "width": size["width"], "people": []}
     skips = SkipCounter()
+    ann_ids = {}
     for i, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id", i)
+        if not isinstance(ann, dict):
+            raise ValueError(f"{name}: annotations[{i}] must be an object. "
+                             f"Received: {json.dumps(ann)[:100]}")
+        ann_id = integer(ann.get("id", i))
+        if ann_id is None:
+            raise ValueError(f"{name}: annotations[{i}] `id` must be an integer. "
+                             f"Received: id={json.dumps(ann['id'])[:60]}")
         where = f"annotation id {ann_id} (annotations[{i}])"
+        if "id" in ann:
+            if ann_id in ann_ids:
+                raise ValueError(f"{name}: duplicate annotation id {ann_id} (annotations"
+                                 f"[{ann_ids[ann_id]}] and annotations[{i}]).")
+            ann_ids[ann_id] = i
         missing = [key for key in ("image_id", "bbox") if key not in ann]
         if missing:
             raise ValueError(f"{name}: {where} misses key(s) {missing}.")
-        if ann["image_id"] not in images:
-            skips.add("annotation_for_unknown_image", f"{where}, image id {ann['image_id']}")
+        image_id = integer(ann["image_id"])
+        if image_id is None:
+            raise ValueError(f"{name}: {where} `image_id` must be an integer (image ids are "
+                             f"integers). Received: image_id={json.dumps(ann['image_id'])[:60]}")
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):
+            raise ValueError(f"{name}: {where} `iscrowd` must be 0 or 1. "
+                             f"Received: iscrowd={json.dumps(crowd)[:60]}")
+        category = ann.get("category_id")
+        if category is not None and integer(category) is None:
+            raise ValueError(f"{name}: {where} `category_id` must be an integer. "
+                             f"Received: category_id={json.dumps(category)[:60]}")
+        if image_id not in images:
+            skips.add("annotation_for_unknown_image", f"{where}, image id {image_id}")
             continue
-        if ann.get("iscrowd", 0):
+        if crowd:
             skips.add("crowd", where)
             continue
-        if kp_categories and ann.get("category_id") not in kp_categories:
+        if kp_categories and integer(category) not in kp_categories:
             skips.add("not_person_category", where)
             continue
         if "keypoints" not in ann:
             raise ValueError(f"{name}: {where} has no `keypoints`.")
         kp = ann["keypoints"]
         if not isinstance(kp, list) or len(kp) != 3 * k:
-            n = len(kp) if isinstance(kp, list) else kp
+            n = len(kp) if isinstance(kp, list) else json.dumps(kp)[:60]
             raise ValueError(
                 f"{name}: {where} has {n} keypoint values; the keypoint spec "
                 f"{spec.name!r} needs 3 x {k} = {3 * k}. Pass the matching `dataset=`.")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise ValueError(f"{name}: {where} `bbox` must be [x, y, w, h]. Received: {bbox!r}")
-        try:
-            kp = np.asarray(kp, np.float64).reshape(k, 3)
-            bbox = [float(v) for v in bbox]
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {where} has non-numeric box or keypoint values.") from None
-        if not (np.isfinite(kp).all() and all(math.isfinite(v) for v in bbox)):
-            skips.add("non_finite_values", where)
-            continue
+        kp = numbers(kp)
+        if kp is None:
+            raise ValueError(f"{name}: {where} `keypoints` must hold numbers (booleans and null "
+                             f"are not); keypoints{first_bad(ann['keypoints'])}.")
+        kp = kp.reshape(k, 3)
+        bbox = numbers(ann["bbox"], 4)
+        if bbox is None:
+            raise ValueError(f"{name}: {where} `bbox` must be [x, y, w, h], four numbers. "
+                             f"Received: bbox={json.dumps(ann['bbox'])[:80]}")
+        area = ann.get("area", float(bbox[2] * bbox[3]))
+        if isinstance(area, bool) or not isinstance(area, (int, float)):
+            raise ValueError(f"{name}: {where} `area` must be a number. "
+                             f"Received: area={json.dumps(area)[:60]}")
+        # Finite as stored (float32): 1e39 is finite here but infinite in a shard.
+        values = np.concatenate([kp.reshape(-1), bbox, [float(area)]])
+        with np.errstate(over="ignore"):
+            if not np.isfinite(values.astype(np.float32)).all():
+                skips.add("non_finite_values", where)
+                continue
         if not (kp[:, 2] > 0).any():
             skips.add("no_keypoints", where)
             continue
         # Visibility 1 (labelled, occluded) and 2 (visible) both train, as in the reference.
-        images[ann["image_id"]]["people"].append({
-            "id": int(ann_id), "bbox": bbox, "keypoints": kp.astype(np.float32),
-            "area": float(ann.get("area", bbox[2] * bbox[3])), "iscrowd": 0})
+        # Joints outside the image are checked when the image's size is known (shards.py).
+        images[image_id]["people"].append({
+            "id": ann_id, "bbox": [float(v) for v in bbox], "keypoints": kp.astype(np.float32),
+            "area": float(area), "iscrowd": 0})
     return list(images.values()), skips
 
 
 def build_coco_shards(annotation_file, image_dir, output_prefix, num_shards=1, dataset="coco",
-                      num_workers=2, keep_empty_images=True, progress=True, verbose=True):
+                      num_workers=2, keep_empty_images=True, progress=True, verbose=True,
+                      overwrite=False):
     """Builds COCO TFRecord shards: read, check, write, report.
 
     Args:
@@ -137,15 +248,31 @@ def build_coco_shards(annotation_file, image_dir, output_prefix, num_shards=1, d
             with detections needs every image).
         progress: tqdm bar.
         verbose: print the skip report.
+        overwrite: replace a complete set already under ``output_prefix``
+            (only once the new one is complete); without it that set is refused
+            before anything is read or written.
 
     Returns:
         The manifest dict.
 
+    Raises:
+        FileExistsError: a complete set is there and ``overwrite`` is False.
+        ValueError: a bad annotation file, an unusable output path, no usable person.
+        keras_dpn.data.shards.ShardWriteError: an I/O fault (full disk, ...).
+
     Example:
-    >>> build_coco_shards("sample_data/coco/annotations/person_keypoints_sample.json",
-    ...                   "sample_data/coco/images", "/tmp/shards/coco_sample", 2)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     manifest = build_coco_shards(
+    ...         "sample_data/coco/annotations/person_keypoints_sample.json",
+    ...         "sample_data/coco/images", os.path.join(d, "coco_sample"), 2, progress=False,
+    ...         verbose=False)
+    ...     print(sorted(os.listdir(d)))
+    ['coco_sample-00000-of-00002.tfrecord', 'coco_sample-00001-of-00002.tfrecord', 'coco_sample-manifest.json']
+    >>> manifest["num_shards"], manifest["people"]
+    (2, 124)
     """
     return build_from_reader(read_coco, annotation_file, image_dir, output_prefix, num_shards,
                              dataset=dataset, num_workers=num_workers,
                              keep_empty_images=keep_empty_images, progress=progress,
-                             verbose=verbose)
+                             verbose=verbose, overwrite=overwrite)

@@ -128,6 +128,12 @@ class PersonCrops(keras.utils.PyDataset):
         self.epoch += 1
         self._shuffle()
 
+    def set_epoch(self, epoch):
+        """Continues at epoch ``epoch`` (0-based): the order and augmentation draws
+        that epoch has in an uninterrupted run. A resumed ``Trainer`` calls it."""
+        self.epoch = int(epoch)
+        self._shuffle()
+
     def _shuffle(self):
         if self.training and self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])

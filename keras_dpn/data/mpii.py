@@ -8,11 +8,12 @@ and ``image``. The conversion follows the HRNet reference's ``mpii.py``:
 are grouped into one record.
 """
 
+import json
 import os
 
 import numpy as np
 
-from keras_dpn.data.coco import load_json
+from keras_dpn.data.coco import first_bad, load_json, numbers
 from keras_dpn.data.shards import SkipCounter, build_from_reader
 from keras_dpn.keypoints import get_keypoint_spec
 
@@ -58,20 +59,32 @@ def read_mpii(annotation_file, image_dir, dataset="mpii"):
                    if key not in row]
         if missing:
             raise ValueError(f"{name}: {where} misses key(s) {missing}.")
-        try:
-            joints = np.asarray(row["joints"], np.float64)
-            vis = np.asarray(row["joints_vis"], np.float64).reshape(-1)
-            center = np.asarray(row["center"], np.float64).reshape(-1)
-            s = float(row["scale"])
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {where} has non-numeric joints, center or scale.") from None
+        # Booleans and null are not numbers (numpy would read them as 1/0 and NaN).
+        for key in ("joints", "joints_vis", "center"):
+            if numbers(row[key]) is None:
+                raise ValueError(f"{name}: {where} `{key}` must be a list of numbers; "
+                                 f"{key}{first_bad(row[key])}.")
+        if isinstance(row["scale"], bool) or not isinstance(row["scale"], (int, float)):
+            raise ValueError(f"{name}: {where} `scale` must be a number. "
+                             f"Received: scale={json.dumps(row['scale'])[:60]}")
+        if not isinstance(row["image"], str) or not row["image"]:
+            raise ValueError(f"{name}: {where} `image` must be a non-empty file name. "
+                             f"Received: image={json.dumps(row['image'])[:60]}")
+        joints = numbers(row["joints"])
+        vis = numbers(row["joints_vis"]).reshape(-1)
+        center = numbers(row["center"]).reshape(-1)
+        s = float(row["scale"])
         if joints.shape != (k, 2) or vis.shape != (k,):
             raise ValueError(
                 f"{name}: {where} has joints of shape {joints.shape} and joints_vis of length "
                 f"{vis.shape[0]}; the keypoint spec {spec.name!r} needs ({k}, 2) and {k}.")
         if center.shape != (2,):
             raise ValueError(f"{name}: {where} `center` must be [x, y]. Received: {row['center']!r}")
-        if not (np.isfinite(joints).all() and np.isfinite(center).all() and np.isfinite(s)):
+        # Finite as stored (float32): 1e39 is finite here but infinite in a shard.
+        values = np.concatenate([joints.reshape(-1), center, [s, s * 1.25 * PIXEL_STD]])
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(values.astype(np.float32)).all()
+        if not finite:
             skips.add("non_finite_values", where)
             continue
         if s <= 0 or center[0] == -1:
@@ -100,14 +113,20 @@ def read_mpii(annotation_file, image_dir, dataset="mpii"):
 
 
 def build_mpii_shards(annotation_file, image_dir, output_prefix, num_shards=1, dataset="mpii",
-                      num_workers=2, keep_empty_images=True, progress=True, verbose=True):
+                      num_workers=2, keep_empty_images=True, progress=True, verbose=True,
+                      overwrite=False):
     """Builds MPII TFRecord shards (see :func:`keras_dpn.data.coco.build_coco_shards`).
 
     Example:
-    >>> build_mpii_shards("sample_data/mpii/valid_sample.json", "sample_data/mpii/images",
-    ...                   "/tmp/shards/mpii_sample", 1)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     manifest = build_mpii_shards("sample_data/mpii/valid_sample.json",
+    ...                                  "sample_data/mpii/images", os.path.join(d, "mpii"), 1,
+    ...                                  progress=False, verbose=False)
+    >>> manifest["dataset"], manifest["num_shards"], manifest["people"]
+    ('mpii', 1, 5)
     """
     return build_from_reader(read_mpii, annotation_file, image_dir, output_prefix, num_shards,
                              dataset=dataset, num_workers=num_workers,
                              keep_empty_images=keep_empty_images, progress=progress,
-                             verbose=verbose)
+                             verbose=verbose, overwrite=overwrite)

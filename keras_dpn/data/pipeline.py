@@ -108,7 +108,7 @@ def _first_record_problem(path, num_keypoints):
     return None
 
 
-def _resolve_shards(file_pattern, num_keypoints=None):
+def _resolve_shards(file_pattern, num_keypoints=None, spec_name=None):
     """:func:`resolve_shards` that returns the problems of single files instead of raising."""
     patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else list(file_pattern)
     if not patterns:
@@ -152,10 +152,13 @@ def _resolve_shards(file_pattern, num_keypoints=None):
         if m and (m["prefix"], int(m["total"])) in manifests:
             manifest = manifests[(m["prefix"], int(m["total"]))]
             if num_keypoints is not None and manifest["num_keypoints"] != num_keypoints:
+                asked = f" {spec_name!r}" if spec_name else ""
                 raise ValueError(
-                    f"Shards {m['prefix']}-* hold {manifest['num_keypoints']} keypoints per "
-                    f"person ({manifest['dataset']!r}); the requested keypoint spec has "
-                    f"{num_keypoints}. Pass the matching `dataset=`.")
+                    f"Keypoint count mismatch: shards {m['prefix']}-* hold "
+                    f"{manifest['num_keypoints']} keypoints per person (set "
+                    f"{manifest['dataset']!r}, {m['prefix']}{MANIFEST_SUFFIX}); the requested "
+                    f"keypoint set{asked} has {num_keypoints}. Pass the matching `dataset=` "
+                    "(--keypoints), or leave it out to use the shards' own set.")
             entry = {s["file"]: s for s in manifest["shards"]}.get(os.path.basename(f))
             if entry is None:
                 raise ValueError(f"Shard {f} is not listed in its manifest: stale file from "
@@ -178,7 +181,7 @@ def _resolve_shards(file_pattern, num_keypoints=None):
     return ShardSet(files, expected, people, image_ids, manifests, num_keypoints), problems
 
 
-def resolve_shards(file_pattern, num_keypoints=None):
+def resolve_shards(file_pattern, num_keypoints=None, spec_name=None):
     """Expands ``file_pattern`` and checks the shard set against its manifest.
 
     Without a manifest, each file's record framing is read (it must end on a
@@ -188,6 +191,7 @@ def resolve_shards(file_pattern, num_keypoints=None):
     Args:
         file_pattern: glob string, or a list of globs / file names.
         num_keypoints: if given, every manifest (or first record) must agree.
+        spec_name: the keypoint set's name, for the mismatch message.
 
     Returns:
         :class:`ShardSet`.
@@ -198,11 +202,41 @@ def resolve_shards(file_pattern, num_keypoints=None):
             cut short or not ours, or the keypoint count differs. The message
             names the (first) bad file and its problem in one line.
     """
-    shards, problems = _resolve_shards(file_pattern, num_keypoints)
+    shards, problems = _resolve_shards(file_pattern, num_keypoints, spec_name)
     if problems:
         more = f" ({len(problems) - 1} more bad shard(s))" if len(problems) > 1 else ""
         raise ValueError(problems[0] + more)
     return shards
+
+
+def shard_keypoint_spec(file_pattern):
+    """The keypoint set the shards' manifest records (None without a manifest).
+
+    Manifests of keras-dpn 0.1 name a built-in set only; later ones carry the
+    whole set (``KeypointSpec.to_dict``), flip pairs and sigmas included.
+
+    Raises:
+        ValueError: the shards fail :func:`resolve_shards`, their manifests
+            name different sets, or a recorded set is invalid (naming the
+            manifest and the field).
+    """
+    shards = resolve_shards(file_pattern)
+    found = {}
+    for (prefix, _), manifest in shards.manifests.items():
+        path = prefix + MANIFEST_SUFFIX
+        recorded = manifest.get("keypoints")
+        if recorded is None and manifest.get("dataset") not in ("coco", "mpii"):
+            raise ValueError(f"{path} names the keypoint set {manifest.get('dataset')!r} but "
+                             "does not record it (an older manifest): pass the set "
+                             "(dataset= / --keypoints FILE.json).")
+        found[path] = get_keypoint_spec(recorded if recorded is not None
+                                        else manifest["dataset"], source=path)
+    specs = list(dict.fromkeys(found.values()))
+    if len(specs) > 1:
+        raise ValueError(f"The shards of `file_pattern` record different keypoint sets: "
+                         + ", ".join(f"{s.name!r} ({p})" for p, s in found.items())
+                         + f". Received: file_pattern={file_pattern!r}")
+    return specs[0] if specs else None
 
 
 def _bad_record_message(filename, index, is_end, code, k, expected_index, expected_records,
@@ -297,7 +331,8 @@ def shard_error(error):
     surfaces as a ``tf.errors.InvalidArgumentError`` whose message holds this
     line among graph details; a command line prints just the line.
 
-    Example:
+    Example (not run: needs a damaged shard; ``tests/test_bad_shards.py`` makes them):
+
     >>> try:  # doctest: +SKIP
     ...     model.fit(build_dataset("shards/coco_train-*.tfrecord"))
     ... except tf.errors.OpError as e:
@@ -398,8 +433,8 @@ def _scan_image_ids(shards):
     return ids, people
 
 
-def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
-                  input_size=(256, 192), heatmap_size=(64, 48), sigma=2.0, detections=None,
+def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
+                  input_size=(256, 192), heatmap_size=None, sigma=2.0, detections=None,
                   det_score_threshold=0.0, det_category_id=1, deterministic=False, seed=None,
                   shuffle_buffer=512, repeat=False, drop_remainder=None, cycle_length=None,
                   num_parallel_calls=AUTOTUNE, input_context=None, scale_factor=0.3,
@@ -426,11 +461,14 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
 
     Args:
         file_pattern: shard glob (``"shards/coco_train-*.tfrecord"``) or a list.
-        dataset: ``"coco"``, ``"mpii"`` or a ``KeypointSpec``.
+        dataset: the keypoint set: ``"coco"``, ``"mpii"``, a keypoint-set
+            ``.json`` file, a dict or a ``KeypointSpec``; None: the set the
+            shards' manifest records (:func:`shard_keypoint_spec`), else coco.
         training: augment, shuffle, sample people, yield targets.
         batch_size: examples per batch (the global batch under a strategy).
         input_size: ``(height, width)`` of the crops.
-        heatmap_size: ``(height, width)`` of the targets.
+        heatmap_size: ``(height, width)`` of the targets; default a quarter
+            of ``input_size`` (what every registered variant predicts).
         sigma: Gaussian sigma in heatmap pixels.
         detections: evaluation boxes from a COCO detection-results json
             (path or list); None uses the ground-truth boxes.
@@ -461,10 +499,19 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
         manifest (or always, in evaluation).
 
     Example:
-    >>> ds = build_dataset("/tmp/shards/coco_sample-*.tfrecord", batch_size=8)  # doctest: +SKIP
-    >>> images, heatmaps, weights = next(iter(ds))  # doctest: +SKIP
+    >>> pattern = sample_shards()  # the bundled sample's shards (build_coco_shards)
+    >>> ds = build_dataset(pattern, batch_size=8, input_size=(64, 48), verbose=False)
+    >>> images, heatmaps, weights = next(iter(ds))
+    >>> images.shape, heatmaps.shape, weights.shape
+    (TensorShape([8, 64, 48, 3]), TensorShape([8, 16, 12, 17]), TensorShape([8, 17]))
     """
-    spec = get_keypoint_spec(dataset)
+    spec = get_keypoint_spec(dataset) if dataset is not None else (
+        shard_keypoint_spec(file_pattern) or get_keypoint_spec("coco"))
+    if heatmap_size is None:
+        try:
+            heatmap_size = (input_size[0] // 4, input_size[1] // 4)
+        except (TypeError, IndexError, KeyError):
+            heatmap_size = input_size  # the parser's check names the bad input_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     if detections is not None and training:
@@ -476,7 +523,7 @@ def build_dataset(file_pattern, dataset="coco", training=True, batch_size=32,
                           half_body_min_joints=half_body_min_joints,
                           use_joint_weights=use_joint_weights,
                           unbiased_encoding=unbiased_encoding, dct_min_zoom=dct_min_zoom)
-    shards = resolve_shards(file_pattern, spec.num_keypoints)
+    shards = resolve_shards(file_pattern, spec.num_keypoints, spec.name)
     if drop_remainder is None:
         drop_remainder = bool(training)
     k = spec.num_keypoints

@@ -11,8 +11,17 @@ Writer processes die with the build: a worker that finds its parent gone
 (``PR_SET_PDEATHSIG`` on Linux, a watch on the parent's sentinel everywhere)
 removes its unfinished shard and exits instead of renaming it into the
 output folder. A rebuild into the same prefix first removes what an
-interrupted build left there (unfinished ``.partial`` files, shards without a
-manifest, shards of another ``-of-`` count), so two builds never mix.
+interrupted build left there (unfinished ``.partial`` files and staging
+folders, shards without a manifest, shards of another ``-of-`` count), so two
+builds never mix.
+
+A complete set (one with its manifest) is replaced only with
+``overwrite=True``, and only once the new set is whole: the new shards and
+manifest are written into a staging folder beside the prefix
+(``.NAME-shards.partial-PID-XXXXXXXX``) and moved into place at the end, so a
+rebuild that fails (no usable person, a full disk, a kill) leaves the old set
+as it was. I/O faults of the writer (read-only folder, full disk) raise
+:class:`ShardWriteError`, one line naming the path.
 
 Images and annotations that cannot be used are skipped and counted by
 reason; :func:`format_report` prints the counts with examples.
@@ -26,8 +35,10 @@ import multiprocessing.connection
 import os
 import queue as queue_lib
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -51,12 +62,14 @@ ORPHAN_GRACE_S = 5.0
 SKIP_REASONS = {
     "crowd": "crowd annotation",
     "no_keypoints": "no labelled keypoints",
+    "no_keypoints_in_image": "every labelled keypoint outside the image",
     "not_person_category": "category without keypoints",
     "annotation_for_unknown_image": "annotation names an image id not in `images`",
     "non_finite_values": "NaN or infinite box/keypoint values",
     "zero_area_box": "box of zero area after clipping to the image",
     "box_outside_image": "box entirely outside the image",
     "missing_image_file": "image file does not exist",
+    "unreadable_image_file": "image file cannot be read (permissions, I/O error)",
     "corrupt_image": "image file cannot be decoded",
     "people_in_skipped_images": "people lost with a skipped image",
     "image_without_people_dropped": "image left without people (dropped by request)",
@@ -76,6 +89,13 @@ NOTE_REASONS = {
 
 class WorkerDiedError(RuntimeError):
     """A shard writer process died (killed from outside) before finishing its shards."""
+
+
+class ShardWriteError(OSError):
+    """The shards cannot be written (read-only folder, full disk, a file in the way).
+
+    Its message is one line naming the path; nothing half-written is kept.
+    """
 
 
 class SkipCounter:
@@ -139,6 +159,11 @@ def _clean_person(person, height, width, skips, where):
     labelled = kp[:, 2] > 0
     outside = labelled & ((kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] > width - 1)
                           | (kp[:, 1] > height - 1))
+    if labelled.any() and not (labelled & ~outside).any():
+        # Checked after the clipping: a person whose joints all fall outside
+        # the image would train with zero weight on every joint.
+        skips.add("no_keypoints_in_image", where)
+        return None
     if outside.any():
         kp = kp.copy()
         kp[outside, 2] = 0
@@ -154,8 +179,13 @@ def _encode_image(entry, skips, decode_jpeg):
     if not os.path.isfile(path):
         skips.add("missing_image_file", f"{path} (image id {entry['image_id']})")
         return None
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        skips.add("unreadable_image_file", f"{path} (image id {entry['image_id']}): "
+                                           f"{e.strerror or e}")
+        return None
     try:
         if _is_jpeg(data):
             shape = decode_jpeg(data).shape
@@ -192,12 +222,24 @@ def _serialize(entry, data, height, width, people, num_keypoints):
 
 
 _PROGRESS = None
+# What a SIGTERM finds a writer doing: "idle", "writing" (a shard is open) or
+# "unwinding" (removing it after the first SIGTERM).
+_WRITER_STATE = "idle"
 
 
 def _exit_on_sigterm(signum, frame):
-    # SystemExit unwinds through io_utils.atomic_path, which removes the
-    # unfinished .partial file; the default SIGTERM action would leave it.
-    raise SystemExit(128 + signum)
+    global _WRITER_STATE
+    if _WRITER_STATE == "writing":
+        # SystemExit unwinds through io_utils.atomic_path, which removes the
+        # unfinished .partial file; the default SIGTERM action would leave it.
+        _WRITER_STATE = "unwinding"
+        raise SystemExit(128 + signum)
+    if _WRITER_STATE == "unwinding":
+        return  # a second SIGTERM (parent death + pool.terminate) must not cut the cleanup
+    # Nothing open: exit at once. Raised here, a SystemExit could land in an
+    # atexit callback of the finishing worker and print "Exception ignored in
+    # atexit callback ... SystemExit: 143" above the build's own error line.
+    os._exit(128 + signum)
 
 
 def _set_parent_death_signal(sig):
@@ -257,6 +299,33 @@ def _write_one_shard(job):
     """Worker: writes one shard from its image entries; returns its summary."""
     # The pipeline decodes with tf.io.decode_jpeg; checking with the same
     # decoder is what guarantees a training run never meets a bad image.
+    global _WRITER_STATE
+    _WRITER_STATE = "writing"
+    try:
+        return _write_shard_file(job)
+    except (OSError, tf.errors.OpError) as e:
+        # Read errors of images are skips inside; what arrives here is a write
+        # fault. One picklable line: it crosses the pool from a worker.
+        raise ShardWriteError(_write_fault(e, job["output_prefix"], job["path"])) from None
+    finally:
+        _WRITER_STATE = "idle"
+
+
+def _write_fault(error, output_prefix, path=None):
+    """One line for an I/O fault while writing ``output_prefix``'s shards."""
+    if isinstance(error, ShardWriteError):
+        return str(error)
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:  # tf.errors.OpError: "PATH; No space left on device"
+        reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+        reason = reason.rsplit("; ", 1)[-1] if "; " in reason else reason
+    what = f"shard {os.path.basename(path)}" if path else "the shards"
+    return (f"Cannot write {what} of {output_prefix}: {reason}; nothing of this build was "
+            f"kept (an existing set is untouched). Received: output_prefix={output_prefix!r}")
+
+
+def _write_shard_file(job):
     decode_jpeg = lambda b: tf.io.decode_jpeg(b, channels=3)  # noqa: E731
     skips = SkipCounter()
     path, entries, num_keypoints, keep_empty = (job["path"], job["entries"],
@@ -297,8 +366,13 @@ def _write_one_shard(job):
 
 
 def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers=2,
-                 keep_empty_images=True, reader_skips=None, source=None, progress=True):
+                 keep_empty_images=True, reader_skips=None, source=None, progress=True,
+                 overwrite=False):
     """Writes image entries into ``PREFIX-00000-of-000NN.tfrecord`` shards.
+
+    The shards and the manifest are written into a staging folder beside the
+    prefix and moved into place only when the whole set is written, so a
+    build that fails leaves an existing set as it was.
 
     Args:
         entries: list of image dicts from :func:`keras_dpn.data.coco.read_coco`
@@ -307,17 +381,28 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
         num_shards: number of shard files.
         dataset: ``"coco"``, ``"mpii"`` or a ``KeypointSpec``.
         num_workers: processes writing shards in parallel (1: in this process).
+            Sets of fewer than ``MIN_IMAGES_PER_WORKER`` (100) images per
+            worker are written in this process; the environment variable
+            ``KERAS_DPN_MIN_IMAGES_PER_WORKER`` changes that number (1 forces
+            workers on any set).
         keep_empty_images: keep images whose people were all skipped (needed
             to evaluate with detection boxes on every image).
         reader_skips: the reader's ``SkipCounter``, merged into the report.
         source: dict stored in the manifest (where the data came from).
         progress: show a tqdm progress bar.
+        overwrite: replace a complete set (one with its manifest) already
+            under ``output_prefix``, whatever its shard count; without it
+            such a set is refused before anything is written.
 
     Returns:
         The manifest dict (also written to ``PREFIX-manifest.json``).
 
     Raises:
-        ValueError: no images, bad ``num_shards``, or nothing usable written.
+        ValueError: no images, bad ``num_shards``, an output path that
+            cannot be written, or nothing usable written.
+        FileExistsError: ``output_prefix`` holds a complete set and
+            ``overwrite`` is False.
+        ShardWriteError: an I/O fault while writing (full disk, ...).
         WorkerDiedError: a writer process was killed (out of memory?).
     """
     spec = get_keypoint_spec(dataset)
@@ -332,12 +417,202 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
                          f"Received: num_shards={num_shards!r}")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"`num_workers` must be a positive integer. Received: num_workers={num_workers!r}")
+    min_images = min_images_per_worker()
     tf.io  # noqa: B018  imports TensorFlow now: without it, fail before anything is written
     output_prefix = os.fspath(output_prefix)
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-    remove_build_leftovers(output_prefix)
+    check_output_prefix(output_prefix, num_shards, overwrite)
+    try:
+        _remove_unfinished(output_prefix)
+    except OSError as e:
+        raise ShardWriteError(_write_fault(e, output_prefix)) from None
+    staging = _make_staging(output_prefix)
+    try:
+        manifest = _write_into(staging, entries, output_prefix, num_shards, spec, num_workers,
+                               min_images, keep_empty_images, reader_skips, source, progress)
+        _swap_in(staging, output_prefix)
+    except (OSError, tf.errors.OpError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ShardWriteError(_write_fault(e, output_prefix)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def min_images_per_worker():
+    """Images per writer process below which shards are written in this process:
+    ``KERAS_DPN_MIN_IMAGES_PER_WORKER`` if set, else ``MIN_IMAGES_PER_WORKER``."""
+    value = os.environ.get("KERAS_DPN_MIN_IMAGES_PER_WORKER", "").strip()
+    if not value:
+        return MIN_IMAGES_PER_WORKER
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError("The environment variable KERAS_DPN_MIN_IMAGES_PER_WORKER must be a "
+                         f"positive integer. Received: {value!r}")
+    return n
+
+
+def check_output_prefix(output_prefix, num_shards=None, overwrite=False):
+    """Refuses, in one line and before anything is written, an output prefix that
+    cannot take a new set: no file name part, a folder that cannot be written
+    (a file in its path, read-only), a folder standing at a shard's or the
+    manifest's name, or a complete set already there without ``overwrite``.
+
+    Raises:
+        ValueError: the prefix or its folder cannot be used.
+        FileExistsError: a complete set is there and ``overwrite`` is False.
+    """
+    output_prefix = os.fspath(output_prefix)
+    folder = os.path.dirname(os.path.abspath(output_prefix))
+    if not os.path.basename(output_prefix):
+        raise ValueError("`output_prefix` must end in a file name prefix (shards are named "
+                         f"PREFIX-00000-of-000NN.tfrecord), e.g. {os.path.join(output_prefix, 'coco')!r}. "
+                         f"Received: output_prefix={output_prefix!r}")
+    try:
+        io_utils.check_output_folder(folder, name="output_prefix")
+    except ValueError as e:  # its line names the folder as received; ours, the prefix
+        raise ValueError(str(e).rsplit(" Received: ", 1)[0]
+                         + f" Received: output_prefix={output_prefix!r}") from None
+    found = [p for p in build_leftovers(output_prefix) if not _is_staging(p)]
+    for path in found:
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise ValueError(f"A folder stands where the build writes a file: {path}; it is left "
+                             f"as it is. Move it or pick another prefix. "
+                             f"Received: output_prefix={output_prefix!r}")
+    manifest = os.path.abspath(manifest_path(output_prefix))
+    if manifest in found and not overwrite:
+        shards = [p for p in found if SHARD_RE.match(os.path.basename(p))]
+        counts = sorted({int(SHARD_RE.match(os.path.basename(p))["total"]) for p in shards})
+        other = (f"; this build writes {num_shards}" if num_shards is not None
+                 and counts != [num_shards] else "")
+        raise FileExistsError(
+            f"{output_prefix} already holds a complete shard set ({len(found)} files: "
+            f"{len(shards)} shard(s) of {'/'.join(map(str, counts)) or '?'} and the manifest"
+            f"{other}); nothing was written. Pass overwrite=True (--overwrite) to replace it "
+            f"once the new set is complete. Received: output_prefix={output_prefix!r}")
+
+
+STAGING_INFIX = "-shards.partial-"
+
+
+def _staging_re(base):
+    # ".BASE-shards.partial-PID-XXXXXXXX": mkdtemp adds 8 characters.
+    return re.compile(rf"^\.{re.escape(base)}{re.escape(STAGING_INFIX)}(?P<pid>\d+)-[a-z0-9_]{{8}}$")
+
+
+def _is_staging(path):
+    return STAGING_INFIX in os.path.basename(path) and os.path.isdir(path)
+
+
+def _make_staging(output_prefix):
+    folder = os.path.dirname(os.path.abspath(output_prefix))
+    base = os.path.basename(output_prefix)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{base}{STAGING_INFIX}{os.getpid()}-", dir=folder)
+    except OSError as e:
+        raise ShardWriteError(_write_fault(e, output_prefix)) from None
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return False  # this process starts one build at a time
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove_unfinished(output_prefix):
+    """Removes what killed builds of ``output_prefix`` left: staging folders of
+    dead processes, ``.partial`` files, and shards without a manifest (a complete
+    set stays until the new one replaces it); returns their paths."""
+    found = build_leftovers(output_prefix)
+    staging_re = _staging_re(os.path.basename(output_prefix))
+    staging = [p for p in found if staging_re.match(os.path.basename(p))]
+    # A live build's staging folder is its own business.
+    stale = [p for p in staging if not _pid_alive(int(staging_re.match(os.path.basename(p))["pid"]))]
+    files = [p for p in found if p not in staging]
+    partial = [p for p in files if ".partial-" in os.path.basename(p)]
+    unfinished = partial if os.path.abspath(manifest_path(output_prefix)) in files else files
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in unfinished:
+        os.remove(path)
+    if unfinished or stale:
+        logger.warning("Removed %d file(s) that an interrupted build of %s left (%d unfinished "
+                       ".partial%s); building all shards again.", len(unfinished) + len(stale),
+                       output_prefix, len(partial),
+                       f", {len(stale)} staging folder(s)" if stale else "")
+    return unfinished + stale
+
+
+def _swap_in(staging, output_prefix):
+    """Replaces the old set (if any) with the complete one in ``staging``.
+
+    The old manifest goes first, the new one comes last: a kill between the
+    two leaves shards without a manifest, which the reader refuses and the
+    next build removes, never a manifest vouching for a mix.
+    """
+    folder = os.path.dirname(os.path.abspath(output_prefix))
+    new = sorted(os.listdir(staging))
+    new_manifest = os.path.basename(manifest_path(output_prefix))
+    old = [p for p in build_leftovers(output_prefix) if not _is_staging(p)]
+    old_manifest = os.path.abspath(manifest_path(output_prefix))
+    for path in sorted(old, key=lambda p: p != old_manifest):
+        os.remove(path)
+    for name in sorted(new, key=lambda n: n == new_manifest):
+        os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    os.rmdir(staging)
+
+
+
+def _collect(pending, progress_queue, bar, writers, output_prefix, num_workers):
+    """Waits for the writers' results, forwarding their progress to ``bar``."""
+    while True:
+        try:
+            n = progress_queue.get(timeout=0.2)
+            if bar is not None:
+                bar.update(n)
+        except queue_lib.Empty:
+            if pending.ready():
+                break
+            # The pool replaces a writer that dies (killed by the system: out of
+            # memory?) but never finishes its shard: without this, a wait forever.
+            if not {p.pid for p in multiprocessing.active_children()} <= writers:
+                raise WorkerDiedError(
+                    f"A shard writer process died while writing {output_prefix}; no "
+                    "manifest was written. Out of memory? Rerun with fewer "
+                    f"--num-workers. Received: num_workers={num_workers}")
+    return pending.get()
+
+
+def _stop_writers(writers, grace_s=10.0):
+    """SIGTERM to each writer (a busy one removes its partial shard), SIGKILL to one
+    that has not left after ``grace_s`` (an idle one can miss the SIGTERM)."""
+    procs = [p for p in multiprocessing.active_children() if p.pid in writers]
+    for p in procs:
+        p.terminate()
+    deadline = time.time() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+def _write_into(staging, entries, output_prefix, num_shards, spec, num_workers, min_images,
+                keep_empty_images, reader_skips, source, progress):
+    """Writes the shards and the manifest of ``output_prefix`` into ``staging``."""
+    base = os.path.basename(output_prefix)
     entries = sorted(entries, key=lambda e: e["image_id"])
-    jobs = [{"path": shard_name(output_prefix, i, num_shards),
+    jobs = [{"path": shard_name(os.path.join(staging, base), i, num_shards),
+             "output_prefix": output_prefix,
              # Round-robin keeps shards of equal size and mixes image ids.
              "entries": entries[i::num_shards], "num_keypoints": spec.num_keypoints,
              "keep_empty": keep_empty_images} for i in range(num_shards)]
@@ -345,8 +620,8 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(entries), unit="img", desc=f"shards -> {os.path.basename(output_prefix)}")
-    workers = min(num_workers, num_shards, max(1, len(entries) // MIN_IMAGES_PER_WORKER))
+        bar = tqdm(total=len(entries), unit="img", desc=f"shards -> {base}")
+    workers = min(num_workers, num_shards, max(1, len(entries) // min_images))
     if workers == 1:
         results = []
         for job in jobs:
@@ -362,22 +637,17 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
                       initargs=(progress_queue, os.getpid())) as pool:
             writers = {p.pid for p in multiprocessing.active_children()}
             pending = pool.map_async(_write_one_shard, jobs, chunksize=1)
-            while True:
-                try:
-                    n = progress_queue.get(timeout=0.2)
-                    if bar is not None:
-                        bar.update(n)
-                except queue_lib.Empty:
-                    if pending.ready():
-                        break
-                    # The pool replaces a writer that dies (killed by the system: out of
-                    # memory?) but never finishes its shard: without this, a wait forever.
-                    if not {p.pid for p in multiprocessing.active_children()} <= writers:
-                        raise WorkerDiedError(
-                            f"A shard writer process died while writing {output_prefix}; no "
-                            "manifest was written. Out of memory? Rerun with fewer "
-                            f"--num-workers. Received: num_workers={num_workers}")
-            results = pending.get()
+            try:
+                results = _collect(pending, progress_queue, bar, writers, output_prefix,
+                                   num_workers)
+                # Idle writers leave on the pool's sentinel. Pool.terminate's SIGTERM
+                # can land on a TensorFlow thread of an idle writer whose main thread
+                # sleeps in the task queue's lock, and Pool.__exit__ then waits forever.
+                pool.close()
+                pool.join()
+            except BaseException:
+                _stop_writers(writers)
+                raise
         progress_queue.close()
     if bar is not None:
         bar.update(bar.total - bar.n)  # progress still in flight when the last shard ended
@@ -394,6 +664,9 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
         "dataset": spec.name,
         "num_keypoints": spec.num_keypoints,
         "keypoint_names": list(spec.names),
+        # The whole set (flip pairs, sigmas, ...): training and evaluation can
+        # take it from the shards (keras_dpn.data.pipeline.shard_keypoint_spec).
+        "keypoints": spec.to_dict(),
         "num_shards": num_shards,
         "records": total_records,
         "people": total_people,
@@ -401,53 +674,33 @@ def write_shards(entries, output_prefix, num_shards, dataset="coco", num_workers
         "skipped": {r: v for r, v in skips.to_dict().items() if r in SKIP_REASONS},
         "notes": {r: v for r, v in skips.to_dict().items() if r not in SKIP_REASONS},
         "source": source or {},
+        "num_workers": workers,
         "seconds": round(time.time() - start, 2),
     }
     if total_records == 0 or total_people == 0:
-        for r in results:  # nothing usable: leave no shards that look like data
-            path = os.path.join(os.path.dirname(os.path.abspath(output_prefix)), r["file"])
-            if os.path.exists(path):
-                os.remove(path)
+        # Nothing usable: the staging folder goes, an existing set stays.
         raise ValueError(
             f"Empty result: no usable person in {len(entries)} images; no shards kept.\n"
             + format_report(manifest))
-    with io_utils.atomic_file(manifest_path(output_prefix), "w") as f:
+    with io_utils.atomic_file(manifest_path(os.path.join(staging, base)), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
 
 
 def build_leftovers(output_prefix):
     """Files an earlier build of ``output_prefix`` left: shards of any ``-of-`` count,
-    the manifest and unfinished ``.partial`` files of either."""
+    the manifest, unfinished ``.partial`` files of either and staging folders."""
     folder = os.path.dirname(os.path.abspath(output_prefix))
     base = os.path.basename(os.fspath(output_prefix))
+    staging = _staging_re(base)
     found = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         partial = PARTIAL_RE.match(name)
         final = partial["stem"] + partial["rest"] if partial else name
         shard = SHARD_RE.match(final)
-        if (shard and shard["prefix"] == base) or final == base + MANIFEST_SUFFIX:
+        if ((shard and shard["prefix"] == base) or final == base + MANIFEST_SUFFIX
+                or staging.match(name)):
             found.append(os.path.join(folder, name))
-    return found
-
-
-def remove_build_leftovers(output_prefix):
-    """Removes :func:`build_leftovers`, the manifest first; returns their paths.
-
-    A rebuild starts clean: a stale manifest must not vouch for the new
-    shards, and shards of an interrupted build (or of another shard count)
-    must not be read with them.
-    """
-    found = build_leftovers(output_prefix)
-    manifest = os.path.abspath(manifest_path(output_prefix))
-    finished = manifest in found
-    for path in sorted(found, key=lambda p: p != manifest):
-        os.remove(path)
-    unfinished = [p for p in found if ".partial-" in os.path.basename(p)]
-    if found and (unfinished or not finished):
-        logger.warning("Removed %d file(s) that an interrupted build of %s left (%d unfinished "
-                       ".partial); building all shards again.", len(found), output_prefix,
-                       len(unfinished))
     return found
 
 
@@ -470,25 +723,32 @@ def format_report(manifest):
 
 
 def build_from_reader(reader, annotation_file, image_dir, output_prefix, num_shards, dataset,
-                      num_workers=2, keep_empty_images=True, progress=True, verbose=True):
+                      num_workers=2, keep_empty_images=True, progress=True, verbose=True,
+                      overwrite=False):
     """Reads annotations with ``reader``, writes the shards and prints the report.
 
     Args:
         reader: ``reader(annotation_file, image_dir, dataset) -> (entries, skips)``,
             e.g. :func:`keras_dpn.data.coco.read_coco`.
         annotation_file, image_dir, output_prefix, num_shards, dataset,
-        num_workers, keep_empty_images, progress: as :func:`write_shards`.
+        num_workers, keep_empty_images, progress, overwrite: as :func:`write_shards`.
         verbose: print the skip report.
 
     Returns:
         The manifest dict.
     """
+    # The output is checked before the annotations are read (seconds to
+    # minutes at COCO's size); write_shards checks it again.
+    if not os.path.isdir(image_dir):
+        raise ValueError(f"The image folder does not exist (or is not a folder). "
+                         f"Received: image_dir={os.fspath(image_dir)!r}")
+    check_output_prefix(output_prefix, num_shards, overwrite)
     entries, skips = reader(annotation_file, image_dir, dataset)
     manifest = write_shards(
         entries, output_prefix, num_shards, dataset=dataset, num_workers=num_workers,
         keep_empty_images=keep_empty_images, reader_skips=skips, progress=progress,
         source={"annotations": os.path.abspath(annotation_file),
-                "images": os.path.abspath(image_dir)})
+                "images": os.path.abspath(image_dir)}, overwrite=overwrite)
     if verbose:
         print(format_report(manifest))
     return manifest

@@ -9,7 +9,7 @@ runs cleanly and pycocotools loads only when COCO evaluation is asked for.
 import importlib
 
 _EXPORTS = {
-    "coco": ("METRIC_NAMES", "COCOEvaluator", "oks_iou", "oks_nms", "rescore"),
+    "coco": ("METRIC_NAMES", "COCOEvaluator", "load_results", "oks_iou", "oks_nms", "rescore"),
     "mpii": ("PCKhResult", "load_ground_truth", "load_predictions", "pckh", "save_predictions",
              "evaluate_file"),
     "predict": ("NonFinitePredictionError", "check_finite", "codec_for_model", "predict_coco",

@@ -21,6 +21,15 @@ Bad input:
 * results for image ids that are not in the annotation file: ``ValueError``
   naming them (pycocotools only says "Results do not correspond to current
   coco set");
+* a result without ``image_id``, ``category_id``, ``keypoints`` or ``score``,
+  an image id that is not an int (``"785"``, ``785.0``: pycocotools fails on
+  them after the results file is written), a ``category_id`` other than the
+  evaluated one (it would score AP 0.0 without a word), keypoints of the
+  wrong length or that are not numbers, a score that is not a number: a
+  one-line ``ValueError`` naming the result, before anything is written;
+* a regular file where ``output_dir`` (or a folder above it) should be, or a
+  folder that refuses new files: a ``ValueError`` naming it, when the
+  evaluator is created;
 * no results at all: a ``UserWarning`` and every metric 0.0 (the results JSON
   is still written, empty), so a monitor such as
   ``ModelCheckpoint(monitor="val_AP")`` keeps working; an empty *dataset* is
@@ -42,7 +51,7 @@ import warnings
 import numpy as np
 
 from keras_dpn.evaluation.predict import check_finite
-from keras_dpn.io_utils import atomic_file
+from keras_dpn.io_utils import atomic_file, check_output_folder
 from keras_dpn.keypoints import COCO_17, get_keypoint_spec
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -51,6 +60,19 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm",
 def _quiet(verbose):
     """pycocotools prints as it goes; keep stdout clean unless asked."""
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value):
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+def _short(value, limit=120):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def rescore(keypoints, box_scores, vis_threshold=0.2):
@@ -166,6 +188,29 @@ def _pairwise_oks(kp, areas, sigmas, vis_threshold=None):
     return np.where(n > 0, (np.exp(-e) * use).sum(axis=-1) / np.maximum(n, 1), 0.0)
 
 
+def load_results(path):
+    """Reads a COCO keypoint results JSON file (a list of result dicts).
+
+    Raises:
+        ValueError: the file is missing, not JSON (the error names the file,
+            line and column) or not a list.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The results file is not valid JSON: {e.msg} at line {e.lineno}, "
+                         f"column {e.colno}. Received: results={path!r}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"Could not read the results file ({getattr(e, 'strerror', None) or e})."
+                         f" Received: results={path!r}") from None
+    if not isinstance(results, list):
+        raise ValueError(f"A results file holds a JSON list of results. Received: results="
+                         f"{path!r} with a top-level {type(results).__name__}")
+    return results
+
+
 class COCOEvaluator:
     """Collects top-down predictions per batch; evaluates COCO keypoint AP once.
 
@@ -186,9 +231,17 @@ class COCOEvaluator:
         verbose: print pycocotools' summary table.
 
     Example:
-    >>> ev = COCOEvaluator("tests/data/coco/test_coco.json")  # doctest: +SKIP
-    >>> ev.update(image_ids, keypoints, centers, scales, box_scores)  # per batch  # doctest: +SKIP
-    >>> ev.evaluate()["AP"]  # doctest: +SKIP
+    >>> import json
+    >>> preds = json.load(open("tests/data/coco/example_coco_preds.json"))  # 73 people
+    >>> ev = COCOEvaluator("tests/data/coco/test_coco.json")
+    >>> for batch in (preds[:32], preds[32:]):  # per batch: ids, (B, K, 3), centers, scales, scores
+    ...     ev.update([p["image_id"] for p in batch],
+    ...               np.array([p["keypoints"] for p in batch]).reshape(-1, 17, 3),
+    ...               [p["center"] for p in batch],
+    ...               [np.multiply(p["scale"], 200.0) for p in batch],  # file: pixels / 200
+    ...               [p["score"] for p in batch])
+    >>> round(ev.evaluate()["AP"], 4)
+    0.8609
     """
 
     def __init__(self, annotation_file, keypoint_spec=COCO_17, output_dir=None,
@@ -205,6 +258,8 @@ class COCOEvaluator:
         self.annotation_file = annotation_file
         self.keypoint_spec = get_keypoint_spec(keypoint_spec)
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        if self.output_dir is not None:
+            check_output_folder(self.output_dir, "output_dir")
         self.results_name = results_name
         self.rescore = bool(rescore)
         self.vis_threshold = float(vis_threshold)
@@ -221,8 +276,13 @@ class COCOEvaluator:
         """The ground truth as a pycocotools ``COCO`` (loaded on first use)."""
         if self._coco is None:
             from pycocotools.coco import COCO
-            with _quiet(self.verbose):
-                self._coco = COCO(self.annotation_file)
+            try:
+                with _quiet(self.verbose):
+                    coco = COCO(self.annotation_file)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"Could not read the COCO annotation JSON ({e}). "
+                                 f"Received: annotation_file={self.annotation_file!r}") from None
+            self._coco = coco
             self._check_keypoint_count()
         return self._coco
 
@@ -342,6 +402,25 @@ class COCOEvaluator:
         return self.evaluate_results(self.postprocess(), image_ids=image_ids)
 
     def _validate(self, results):
+        """One-line ``ValueError`` for anything pycocotools would crash on or score silently."""
+        k = self.keypoint_spec.num_keypoints
+        needed = ("image_id", "category_id", "keypoints", "score")
+        for i, r in enumerate(results):
+            if not isinstance(r, dict) or any(key not in r for key in needed):
+                missing = [key for key in needed if key not in r] if isinstance(r, dict) \
+                    else list(needed)
+                raise ValueError(
+                    f"Result {i} has no {', '.join(missing)} (each result is a dict with "
+                    f"{', '.join(needed)}). Received: {_short(r)}")
+            # pycocotools matches ids with ==, so "785" or 785.5 slips past a
+            # set lookup and fails inside loadRes after the file is written.
+            if not _is_int(r["image_id"]):
+                raise ValueError(
+                    f"Result {i}'s `image_id` must be an integer, as in the annotation file. "
+                    f"Received: image_id={r['image_id']!r}")
+            if not _is_number(r["score"]):
+                raise ValueError(f"Result {i}'s `score` must be a number. "
+                                 f"Received: score={r['score']!r}")
         known = set(self.coco.getImgIds())
         ids = {int(r["image_id"]) for r in results}
         unknown = sorted(ids - known)
@@ -352,30 +431,55 @@ class COCOEvaluator:
                 f"{len(unknown)} image id(s) in the predictions or detections are not in the "
                 f"annotation file {self.annotation_file!r}: {shown}{more}. Are the boxes "
                 "(detection file) for another split? Received: image_ids=" + repr(unknown[:10]))
-        k = self.keypoint_spec.num_keypoints
-        for r in results:
-            if len(r["keypoints"]) != 3 * k:
+        # Results of another category match no ground truth: AP 0.0 without a word.
+        categories = self.coco.getCatIds()
+        if categories and self.category_id not in categories:
+            raise ValueError(
+                f"The annotation file {self.annotation_file!r} has no category "
+                f"{self.category_id} (its categories: {categories}). "
+                f"Received: category_id={self.category_id}")
+        other = [r["category_id"] for r in results if r["category_id"] != self.category_id]
+        if other:
+            raise ValueError(
+                f"{len(other)} of {len(results)} results have a `category_id` other than the "
+                f"evaluated category {self.category_id} (they would match no ground truth: "
+                f"AP 0). Received: category_id={other[0]!r}")
+        for i, r in enumerate(results):
+            kp = r["keypoints"]
+            if not isinstance(kp, (list, tuple, np.ndarray)) or len(kp) != 3 * k:
+                got = f"len(keypoints)={len(kp)}" if hasattr(kp, "__len__") \
+                    else f"keypoints={kp!r}"
                 raise ValueError(
                     f"Each result needs {3 * k} keypoint values ({k} joints of "
-                    f"{self.keypoint_spec.name!r}). Received: len(keypoints)={len(r['keypoints'])} "
+                    f"{self.keypoint_spec.name!r}). Received: {got} "
                     f"for image_id={r['image_id']!r}")
         if results:
-            try:
-                kp = np.array([r["keypoints"] for r in results], np.float64)
-                scores = np.array([r["score"] for r in results], np.float64)
-            except (TypeError, ValueError):
-                raise ValueError("Every result's `keypoints` and `score` must be numbers. "
-                                 "Received: a non-numeric value (null?)") from None
-            check_finite([r["image_id"] for r in results], kp, scores, what="results")
+            # Without a dtype, one string or null among the numbers shows in the kind
+            # (np.float64 would parse "0.5" silently).
+            kp = np.array([r["keypoints"] for r in results])
+            if kp.dtype.kind not in "iuf":
+                bad = next(i for i, r in enumerate(results)
+                           if np.asarray(r["keypoints"]).dtype.kind not in "iuf")
+                raise ValueError(
+                    f"Every result's `keypoints` must be numbers. Received: result {bad} "
+                    f"(image_id={results[bad]['image_id']!r}) with keypoints of type "
+                    f"{np.asarray(results[bad]['keypoints']).dtype.name}")
+            scores = np.array([r["score"] for r in results], np.float64)
+            check_finite([r["image_id"] for r in results], kp.astype(np.float64), scores,
+                         what="results")
 
     def write_results(self, results):
         """Writes ``results`` to ``output_dir/results_name`` atomically; returns the path."""
         if self.output_dir is None:
             return None
         path = os.path.join(self.output_dir, self.results_name)
-        with atomic_file(path, "w") as f:
-            # allow_nan=False: bare NaN is not JSON; nothing non-finite gets here.
-            json.dump(results, f, allow_nan=False)
+        try:
+            with atomic_file(path, "w") as f:
+                # allow_nan=False: bare NaN is not JSON; nothing non-finite gets here.
+                json.dump(results, f, allow_nan=False)
+        except OSError as e:
+            raise ValueError(f"Could not write the results JSON ({e.strerror or e}). "
+                             f"Received: path={path!r}") from None
         self.results_file = path
         return path
 
@@ -387,8 +491,9 @@ class COCOEvaluator:
         ``output_dir`` is set).
 
         Args:
-            results: list of dicts with ``image_id``, ``category_id``,
-                ``keypoints`` (flat ``3K``) and ``score``.
+            results: list of dicts with ``image_id`` (int), ``category_id``
+                (the evaluator's), ``keypoints`` (flat ``3K`` numbers) and
+                ``score`` (a number), or the path of a JSON file of them.
             image_ids: evaluate on these images only (pycocotools'
                 ``params.imgIds``), e.g. the images a quick subset of the
                 validation set covered; ``None``: every image of the
@@ -399,11 +504,17 @@ class COCOEvaluator:
             dict of the ten COCO keypoint metrics.
 
         Raises:
-            ValueError: image ids not in the annotation file, keypoint arrays
-                of the wrong length; ``NonFinitePredictionError`` (a
+            ValueError: a result without one of the four fields; an image id
+                that is not an int (``"785"``, ``785.0``) or not in the
+                annotation file; another ``category_id`` (it would score AP
+                0); keypoints of the wrong length or not numbers; a score that
+                is not a number; a results file that is not JSON (naming the
+                file, line and column); ``NonFinitePredictionError`` (a
                 ``ValueError``) for NaN or infinite keypoints or scores,
                 naming how many and their image ids. Nothing is written then.
         """
+        if isinstance(results, (str, os.PathLike)):
+            results = load_results(results)
         results = list(results)
         self._validate(results)
         if image_ids is not None:

@@ -171,7 +171,7 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
         shift_heatmap: shift the flipped-back heatmap one pixel, as the
             reference.
         steps: stop after this many batches (``None``: the whole dataset).
-        verbose: 1 shows a progress bar.
+        verbose: 1 shows a progress bar, 2 one line when done.
 
     Returns:
         dict of numpy arrays in dataset order: ``keypoints`` float32
@@ -186,7 +186,9 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
             whose keypoints or box scores are NaN or infinite; it names how
             many and their image ids.
 
-    Example:
+    Example (not run: the MPII validation set is a download; ``predict_coco`` runs the
+    same loop on the bundled sample):
+
     >>> out = predict_keypoints(model, mpii_val_ds, keypoint_spec="mpii")  # doctest: +SKIP
     >>> out["keypoints"].shape  # doctest: +SKIP
     (2958, 16, 3)
@@ -202,7 +204,9 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
     if target is None and hasattr(dataset, "cardinality"):
         card = int(dataset.cardinality())
         target = card if card >= 0 else None  # -1 infinite, -2 unknown
-    progbar = (keras.utils.Progbar(target, unit_name="batch", stateful_metrics=["people"])
+    # verbose=2 (as in fit): one line at the end, no progress-bar escape codes.
+    progbar = (keras.utils.Progbar(target, unit_name="batch", stateful_metrics=["people"],
+                                   verbose=2 if verbose == 2 else 1)
                if verbose else None)
 
     parts = {k: [] for k in ("keypoints", "image_id", "center", "scale", "score", "person_id")}
@@ -270,11 +274,19 @@ def predict_coco(model, dataset, codec=None, keypoint_spec=COCO_17, flip_test=Tr
             many and their image ids.
 
     Example:
-    >>> ds = keras_dpn.data.build_dataset("shards/val-*", training=False)  # doctest: +SKIP
-    >>> results = predict_coco(model, ds)  # doctest: +SKIP
-    >>> ev = COCOEvaluator("person_keypoints_val2017.json")  # doctest: +SKIP
-    >>> ev.add_results(results)  # doctest: +SKIP
-    >>> ev.evaluate()["AP"]  # doctest: +SKIP
+    >>> import keras_dpn
+    >>> from keras_dpn.evaluation import COCOEvaluator
+    >>> pattern = sample_shards()  # the bundled sample's shards (build_coco_shards)
+    >>> ds = keras_dpn.data.build_dataset(pattern, training=False, batch_size=32,
+    ...                                   input_size=(64, 48), verbose=False)
+    >>> model = keras_dpn.DPN1_32(input_shape=(64, 48, 3))  # untrained: AP about 0
+    >>> results = predict_coco(model, ds, verbose=0)
+    >>> len(results), sorted(results[0])
+    (124, ['category_id', 'center', 'image_id', 'keypoints', 'scale', 'score'])
+    >>> ev = COCOEvaluator("sample_data/coco/annotations/person_keypoints_sample.json")
+    >>> ev.add_results(results)
+    >>> 0.0 <= ev.evaluate()["AP"] <= 1.0
+    True
     """
     out = predict_keypoints(model, dataset, codec=codec, keypoint_spec=keypoint_spec,
                             flip_test=flip_test, shift_heatmap=shift_heatmap, steps=steps,

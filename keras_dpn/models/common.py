@@ -7,14 +7,36 @@ layer is built), and end in the same 1x1 heatmap head.
 
 import keras
 
-from keras_dpn import weights as weights_lib
 from keras_dpn.keypoints import validate_num_keypoints
-from keras_dpn.layers import BN_EPSILON, BN_MOMENTUM
+from keras_dpn.layers import BN_EPSILON, BN_MOMENTUM, DATA_FORMAT
+from keras_dpn.models.config import attach_builder_config
 
 # The HRNet reference draws the final layer's kernel from N(0, 0.001) with a
 # zero bias: targets are zero almost everywhere, and a head that starts near
 # zero skips the epochs a Glorot head spends unlearning an O(1) offset.
 REFERENCE_HEAD_STDDEV = 1e-3
+
+# Loading `weights` needs the registry, the download cache and presets, which
+# sit above the models; keras_dpn.pretrained plugs its functions in when the
+# package is imported, so that no module here imports upwards.
+_weights_loader = {}
+
+
+def set_weights_loader(validate, load):
+    """Installs what checks (``validate(arch, weights)``) and loads ``weights``.
+
+    Called once by :mod:`keras_dpn.pretrained` (see
+    :func:`keras_dpn.pretrained.validate_weights_argument` and
+    :func:`keras_dpn.pretrained.load_weights` for the signatures).
+    """
+    _weights_loader.update(validate=validate, load=load)
+
+
+def _loader(step):
+    if not _weights_loader:
+        # Unreachable through `import keras_dpn`, which imports keras_dpn.pretrained.
+        raise RuntimeError("Pretrained weights need keras_dpn.pretrained; import keras_dpn.")
+    return _weights_loader[step]
 
 
 def validate_input_shape(input_shape, stride, weights, arg_name="input_shape"):
@@ -59,7 +81,8 @@ def check_arguments(arch, num_keypoints, weights, input_shape, input_tensor, str
     """
     validate_num_keypoints(num_keypoints)
     resolve_head_initializer(head_initializer)
-    weights_lib.validate_weights_argument(arch, weights)
+    if weights is not None:
+        _loader("validate")(arch, weights)
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
     return validate_input_shape(input_shape, stride, weights)
@@ -78,8 +101,8 @@ def model_input(input_shape, input_tensor):
 def conv_bn(x, filters, kernel_size, strides, name, dtype, relu=True):
     """``{name}_conv`` (no bias, He init) -> ``{name}_bn`` [-> ``{name}_relu``]."""
     x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
-                            use_bias=False, kernel_initializer="he_normal",
-                            name=f"{name}_conv", dtype=dtype)(x)
+                            data_format=DATA_FORMAT, use_bias=False,
+                            kernel_initializer="he_normal", name=f"{name}_conv", dtype=dtype)(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
                                         name=f"{name}_bn", dtype=dtype)(x)
     return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x) if relu else x
@@ -88,17 +111,53 @@ def conv_bn(x, filters, kernel_size, strides, name, dtype, relu=True):
 def heatmap_head(x, num_keypoints, dtype, upsample=False, head_initializer="reference"):
     """[x2 bilinear ``upsample``] -> 1x1 conv ``heatmaps`` -> float32 ``heatmaps_fp32``."""
     if upsample:
-        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample",
-                                      dtype=dtype)(x)
-    x = keras.layers.Conv2D(num_keypoints, 1, padding="same", name="heatmaps",
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", data_format=DATA_FORMAT,
+                                      name="upsample", dtype=dtype)(x)
+    x = keras.layers.Conv2D(num_keypoints, 1, padding="same", data_format=DATA_FORMAT,
+                            name="heatmaps",
                             kernel_initializer=resolve_head_initializer(head_initializer),
                             bias_initializer="zeros", dtype=dtype)(x)
     # Heatmap values are small; keep the loss and the argmax in float32.
     return keras.layers.Activation("linear", dtype="float32", name="heatmaps_fp32")(x)
 
 
+@keras.saving.register_keras_serializable(package="keras_dpn")
+class PoseModel(keras.Model):
+    """The functional model every builder returns, with the ``dtype`` it was built with.
+
+    A plain ``keras.Model(inputs, outputs)`` reports the global dtype policy
+    whatever its layers use, and ``compile`` wraps the optimizer in a
+    ``LossScaleOptimizer`` only when the *model's* policy is
+    ``mixed_float16``. This subclass takes ``dtype`` and keeps it in its
+    config, so ``type(model).from_config`` and ``.keras`` files keep the
+    policy (as keras-hub's ``Backbone`` does; ``keras.models.clone_model``
+    does not pass it on). Otherwise a functional model:
+    ``PoseModel(inputs, outputs, name=..., dtype=...)``.
+
+    Example:
+    >>> import keras
+    >>> x = keras.Input((8, 8, 3))
+    >>> y = keras.layers.Conv2D(2, 1, dtype="mixed_float16")(x)
+    >>> PoseModel(x, y, dtype="mixed_float16").dtype_policy.name
+    'mixed_float16'
+    """
+
+    # `*args, **kwargs`: Keras treats a subclass with this signature as
+    # functional (its graph config and `from_config`); anything narrower falls
+    # back to the subclassed-model path, which cannot rebuild the graph.
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if dtype is not None:
+            self.dtype_policy = dtype
+
+    def get_config(self):
+        config = super().get_config()
+        config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        return config
+
+
 def finish(model_inputs, features, head, *, include_top, weights, arch, name, num_keypoints,
-           input_shape, config=None):
+           input_shape, config=None, dtype=None):
     """Wraps the graph in a model, loads ``weights`` and applies ``include_top``.
 
     Weights files always hold the head, so with ``include_top=False`` and
@@ -112,15 +171,17 @@ def finish(model_inputs, features, head, *, include_top, weights, arch, name, nu
         config: the builder's architecture arguments (``resolution``,
             ``dilation_schedule``, ...): compared with those the weights were
             trained with, and left on the heatmap model for runs and presets
-            (:func:`keras_dpn.weights.builder_config`).
+            (:func:`keras_dpn.models.config.builder_config`).
+        dtype: the layers' dtype policy, reported by the model too (None: the
+            global policy).
     """
     if not include_top and weights is None:
-        return keras.Model(model_inputs, features, name=name)
-    full = keras.Model(model_inputs, head(features), name=name)
-    weights_lib.attach_builder_config(full, arch, num_keypoints, input_shape, config)
+        return PoseModel(model_inputs, features, name=name, dtype=dtype)
+    full = PoseModel(model_inputs, head(features), name=name, dtype=dtype)
+    attach_builder_config(full, arch, num_keypoints, input_shape, config)
     if weights is not None:
-        weights_lib.load_weights(full, weights, arch=arch, num_keypoints=num_keypoints,
-                                 input_shape=input_shape, config=config)
+        _loader("load")(full, weights, arch=arch, num_keypoints=num_keypoints,
+                        input_shape=input_shape, config=config)
     if include_top:
         return full
-    return keras.Model(model_inputs, features, name=name)
+    return PoseModel(model_inputs, features, name=name, dtype=dtype)

@@ -19,7 +19,7 @@ head       x2 bilinear upsample, 1x1 conv -> K heatmaps at 64x48
 
 import keras
 
-from keras_dpn.layers import Bottleneck, DilationPyramidModule, dilation_rates
+from keras_dpn.layers import DATA_FORMAT, Bottleneck, DilationPyramidModule, dilation_rates
 from keras_dpn.models.common import check_arguments, conv_bn, finish, heatmap_head, model_input
 from keras_dpn.models.registry import register_model
 
@@ -59,12 +59,16 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
             initializer, e.g. ``"glorot_uniform"`` (Keras' default) to opt
             out. Irrelevant with ``weights``.
         name: model name; defaults to ``DPN{num_modules}_{width}``.
-        dtype: dtype or dtype policy for every layer; the heatmap output stays
-            float32 under mixed precision.
+        dtype: dtype or dtype policy for every layer and for the model itself
+            (``model.dtype_policy``, so ``compile`` adds loss scaling under
+            ``"mixed_float16"``); None: the global policy. The heatmap output
+            stays float32 under any policy.
 
     Returns:
-        A functional ``keras.Model`` mapping ``(B, H, W, 3)`` images to
-        ``(B, H/4, W/4, num_keypoints)`` heatmaps.
+        A functional ``keras.Model`` (:class:`keras_dpn.models.common.PoseModel`)
+        mapping ``(B, H, W, 3)`` images to ``(B, H/4, W/4, num_keypoints)``
+        heatmaps. Always channels-last: a global
+        ``keras.config.set_image_data_format("channels_first")`` changes nothing.
 
     Example:
     >>> model = DPN(num_modules=1, width=32)
@@ -87,7 +91,8 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
 
     inputs, model_inputs = model_input(input_shape, input_tensor)
     x = conv_bn(inputs, 64, 7, 2, "stem", dtype)
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", data_format=DATA_FORMAT,
+                                  name="stem_pool", dtype=dtype)(x)
     for i in range(3):
         x = Bottleneck(64, name=f"conv1_block{i + 1}", dtype=dtype)(x)
 
@@ -113,7 +118,7 @@ def DPN(num_modules=4, width=32, resolution="medium", dilation_schedule="pyramid
     return finish(model_inputs, x, head, include_top=include_top, weights=weights, arch=arch,
                   name=name or arch, num_keypoints=num_keypoints, input_shape=input_shape,
                   config=dict(resolution=resolution, dilation_schedule=dilation_schedule,
-                              num_blocks=num_blocks, kernel_size=kernel_size))
+                              num_blocks=num_blocks, kernel_size=kernel_size), dtype=dtype)
 
 
 # The registered variants (paper Tables II and IV; GMACs at 256x192). Each

@@ -26,7 +26,8 @@ the head. The paper does not say where they sit; its +1.0 M parameters and
 
 import keras
 
-from keras_dpn.layers import BasicBlock, Bottleneck, DilationPyramidModule, dilation_rates
+from keras_dpn.layers import (DATA_FORMAT, BasicBlock, Bottleneck, DilationPyramidModule,
+                              dilation_rates)
 from keras_dpn.models.common import check_arguments, conv_bn, finish, heatmap_head, model_input
 from keras_dpn.models.registry import register_model
 
@@ -66,7 +67,8 @@ def _fuse(branches, channels, num_outputs, name, dtype):
                 x = conv_bn(x, channels[i], 1, 1, prefix, dtype, relu=False)
                 # Nearest, as in the reference; the sizes are exact multiples.
                 x = keras.layers.UpSampling2D(2 ** (j - i), interpolation="nearest",
-                                              name=f"{prefix}_up", dtype=dtype)(x)
+                                              data_format=DATA_FORMAT, name=f"{prefix}_up",
+                                              dtype=dtype)(x)
             elif j < i:
                 for k in range(i - j):
                     last = k == i - j - 1
@@ -124,12 +126,16 @@ def HRNetW32(num_keypoints=17, input_shape=(256, 192, 3), input_tensor=None,
         head_initializer: ``"reference"`` (N(0, 0.001)) or a Keras
             initializer, see :func:`keras_dpn.models.DPN`.
         name: model name; defaults to ``"HRNetW32"``.
-        dtype: dtype or dtype policy for every layer; the heatmap output stays
-            float32 under mixed precision.
+        dtype: dtype or dtype policy for every layer and for the model itself
+            (``model.dtype_policy``, so ``compile`` adds loss scaling under
+            ``"mixed_float16"``); None: the global policy. The heatmap output
+            stays float32 under any policy.
 
     Returns:
-        A functional ``keras.Model``: ``(B, H, W, 3)`` images to
-        ``(B, H/4, W/4, num_keypoints)`` heatmaps.
+        A functional ``keras.Model`` (:class:`keras_dpn.models.common.PoseModel`):
+        ``(B, H, W, 3)`` images to ``(B, H/4, W/4, num_keypoints)`` heatmaps.
+        Always channels-last: a global
+        ``keras.config.set_image_data_format("channels_first")`` changes nothing.
 
     Example:
     >>> model = HRNetW32(input_shape=(128, 96, 3))
@@ -146,7 +152,7 @@ def HRNetW32(num_keypoints=17, input_shape=(256, 192, 3), input_tensor=None,
 
     return finish(model_inputs, hrnet_backbone(inputs, dtype=dtype), head,
                   include_top=include_top, weights=weights, arch=arch, name=name or arch,
-                  num_keypoints=num_keypoints, input_shape=input_shape)
+                  num_keypoints=num_keypoints, input_shape=input_shape, dtype=dtype)
 
 
 @register_model(paper_params=29.5, paper_gmacs=7.8, source="Table VI")
@@ -166,8 +172,9 @@ def DPN2_HRNet(num_keypoints=17, input_shape=(256, 192, 3), input_tensor=None,
         ``name`` defaults to ``"DPN2_HRNet"``.
 
     Returns:
-        A functional ``keras.Model``: ``(B, H, W, 3)`` images to
-        ``(B, H/4, W/4, num_keypoints)`` heatmaps.
+        A functional ``keras.Model`` (:class:`keras_dpn.models.common.PoseModel`):
+        ``(B, H, W, 3)`` images to ``(B, H/4, W/4, num_keypoints)`` heatmaps,
+        channels-last whatever the global image data format.
 
     Example:
     >>> model = DPN2_HRNet(input_shape=(128, 96, 3))
@@ -191,4 +198,4 @@ def DPN2_HRNet(num_keypoints=17, input_shape=(256, 192, 3), input_tensor=None,
 
     return finish(model_inputs, x, head, include_top=include_top, weights=weights, arch=arch,
                   name=name or arch, num_keypoints=num_keypoints, input_shape=input_shape,
-                  config=dict(dilation_schedule=dilation_schedule))
+                  config=dict(dilation_schedule=dilation_schedule), dtype=dtype)
