@@ -225,6 +225,8 @@ _PROGRESS = None
 # What a SIGTERM finds a writer doing: "idle", "writing" (a shard is open) or
 # "unwinding" (removing it after the first SIGTERM).
 _WRITER_STATE = "idle"
+# True in a pool writer process: only there does a shard install its SIGTERM handler.
+_IN_WORKER = False
 
 
 def _exit_on_sigterm(signum, frame):
@@ -279,13 +281,19 @@ def _init_worker(progress_queue, parent_pid):
     shards into the output folder, racing a rebuild, then hang waiting for
     work that never comes.
     """
-    global _PROGRESS
+    global _PROGRESS, _IN_WORKER
     _PROGRESS = progress_queue
+    _IN_WORKER = True
     # Progress is advisory: never let exit wait to flush it into a pipe
     # nobody reads any more.
     progress_queue.cancel_join_thread()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Idle, the kernel's default action ends the writer whichever of its threads
+    # the SIGTERM lands on. A Python handler runs only in the main thread, between
+    # bytecodes: an idle writer asleep in the task queue's lock never ran it, and
+    # Pool.terminate then waited for it forever. _write_one_shard installs the
+    # handler for the time a shard is open.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_parent_death_signal(signal.SIGTERM)
     parent = multiprocessing.parent_process()
     if parent is not None:
@@ -301,6 +309,8 @@ def _write_one_shard(job):
     # decoder is what guarantees a training run never meets a bad image.
     global _WRITER_STATE
     _WRITER_STATE = "writing"
+    if _IN_WORKER:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return _write_shard_file(job)
     except (OSError, tf.errors.OpError) as e:
@@ -309,6 +319,8 @@ def _write_one_shard(job):
         raise ShardWriteError(_write_fault(e, job["output_prefix"], job["path"])) from None
     finally:
         _WRITER_STATE = "idle"
+        if _IN_WORKER:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _write_fault(error, output_prefix, path=None):
