@@ -54,8 +54,7 @@ __getattr__, _LAZY = _optional.lazy_exports(
 # documentation describes. Submodules stay reachable as keras_dpn.<name>.
 __all__ = [
     "__version__",
-    # Models: DPN, MODELS, get_model, model_info, ... and every registered variant.
-    *models.__all__,
+    # Models (DPN, MODELS, get_model, ... and every registered variant: models.__all__, below).
     "BasicBlock", "Bottleneck", "DilationPyramidModule",
     "KeypointSpec", "COCO_17", "MPII_16", "get_keypoint_spec",
     # Targets and data.
@@ -66,3 +65,6 @@ __all__ = [
     # Deployment.
     "PoseEstimator", "boxes_from_detections",
 ]
+# A separate statement, not a starred item: the API reference (griffe) reads
+# `__all__` statically and expands `+= module.__all__` only.
+__all__ += models.__all__
