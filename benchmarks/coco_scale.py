@@ -414,7 +414,7 @@ def _fmt_s(seconds):
 
 
 def report(res, args):
-    """The README table: wall time, CPU time (core-seconds), peak memory, what."""
+    """The docs/benchmarks.md table: wall time, CPU time (core-seconds), peak memory, what."""
     lines = [f"COCO scale x{args.fraction:g} on {os.cpu_count()} cores; load average at start "
              f"{res.get('load_average')}; {res.get('code', '')}"]
     make = res.get("make")

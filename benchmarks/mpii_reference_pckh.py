@@ -1,6 +1,6 @@
 """Prints MPII PCKh of the published reference predictions in tests/data/mpii.
 
-    python benchmarks/mpii_reference_pckh.py            # the README table
+    python benchmarks/mpii_reference_pckh.py            # the docs/benchmarks.md table
     python benchmarks/mpii_reference_pckh.py --joints   # plus per-joint tables
 
 Each file holds the validation-split predictions that its authors published

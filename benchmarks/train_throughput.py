@@ -230,7 +230,7 @@ def run_backend(args):
 
 
 def markdown(results):
-    """The README table: one row per backend, model and mode."""
+    """The docs/benchmarks.md table: one row per backend, model and mode."""
     lines = ["| backend | matmul fp32 / bf16 GFLOP/s | model | GMACs/ex | mode | warm-up s | "
              "train ex/s | train % of matmul | inference ex/s | inference % of matmul |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]

@@ -16,7 +16,7 @@ Usage::
 
     python benchmarks/video_tracking.py            # both parts
     python benchmarks/video_tracking.py --no-model # part 1 only
-    # the README figure: three frames of two painted people tracked through
+    # the docs figure (docs/guide/video.md): three frames of two painted people tracked through
     # predict_video by the dot-finding Keras model, ids and crops drawn
     python benchmarks/video_tracking.py --figure docs/video_tracking_synthetic.jpg
 
@@ -167,7 +167,7 @@ def figure(path, frames=36, shown=(0, 15, 35)):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-model", action="store_true", help="part 1 only")
-    parser.add_argument("--figure", help="write the README figure there instead")
+    parser.add_argument("--figure", help="write the docs figure there instead")
     args = parser.parse_args(argv)
     if args.figure:
         figure(args.figure)

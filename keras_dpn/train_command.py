@@ -84,8 +84,8 @@ PREVIEW_IMAGE = {"coco": 40083, "mpii": 0}
 # `sample` names the bundled sample the preset trains on (None: your shards),
 # `evaluation` the metric (COCO AP from COCO-format annotations, or MPII
 # PCKh), `keypoints` the set (None: --keypoints, else the shards' own).
-# The sample schedule is measured on the 2-core development machine (README,
-# "Training"); the others are the paper's.
+# The sample schedule is measured on the 2-core development machine (docs/benchmarks.md);
+# the others are the paper's.
 _SAMPLE_SCHEDULE = dict(epochs=50, batch_size=4, lr=1e-3, lr_epochs=(44,), augment="none",
                         mixed_precision=True, export_formats=("saved_model", "tflite_fp32"))
 _PAPER_SCHEDULE = dict(epochs=140, batch_size=32, lr=1e-3, lr_epochs=(90, 120),

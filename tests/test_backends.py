@@ -232,7 +232,7 @@ def test_recipe_backend_option(capsys):
     with pytest.raises(SystemExit) as info:  # argparse: unknown choice
         train_coco.main(["--backend", "mxnet"])
     err = capsys.readouterr().err
-    # One line (README, Backends), not argparse's usage block.
+    # One line (docs/guide/backends.md), not argparse's usage block.
     assert info.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("train_coco.py: error: argument --backend: invalid choice: 'mxnet'")
     # This process imported Keras on TensorFlow: another backend needs a new process.

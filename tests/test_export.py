@@ -63,7 +63,7 @@ def test_layout_and_metadata(exported):
     assert not [n for n in os.listdir(os.path.dirname(folder)) if ".partial" in n]
 
 
-# README.md (Deployment): "finds only CONV_2D, ADD, MAX_POOL_2D, RESIZE_BILINEAR (plus
+# docs/guide/deployment.md: "finds only CONV_2D, ADD, MAX_POOL_2D, RESIZE_BILINEAR (plus
 # QUANTIZE / DEQUANTIZE and the decoding ops of the end-to-end file)".
 MODEL_OPS = {"CONV_2D", "ADD", "MAX_POOL_2D", "RESIZE_BILINEAR"}
 QUANTIZATION_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -81,7 +81,7 @@ def test_tflite_has_native_dilated_convs(exported):
     for name in names:
         ops = set(export.tflite_ops(open(os.path.join(folder, name), "rb").read()))
         assert not ops & set(export.FORBIDDEN_TFLITE_OPS), (name, ops)
-        # Exactly the README's list: every model op present, nothing else but
+        # Exactly the deployment guide's list: every model op present, nothing else but
         # (de)quantization and, in the end-to-end file, its decoder.
         allowed = MODEL_OPS | QUANTIZATION_OPS
         if name.startswith("keypoints"):
@@ -348,7 +348,7 @@ def test_dpn4_32_full_size_tflite_parity(tmp_path):
 
 @pytest.mark.slow
 def test_quantized_keypoint_error_trained(tmp_path, trained_tiny):
-    """fp16 / int8 against Keras on a briefly trained model (numbers in README.md, Deployment)."""
+    """fp16 / int8 against Keras on a briefly trained model (numbers in docs/guide/deployment.md)."""
     model, _ = trained_tiny
     crops, _, _, kps = dh.sample_training_set()
     files = export.export_model(model, tmp_path / "q", representative_data=crops,

@@ -99,7 +99,7 @@ def hand_count(variant, k=17):
 # The paper gives one decimal in millions: "0.7 M" is [0.65, 0.75) M.
 PAPER_HALF_UNIT = 0.05e6
 # DPN2_HRNet: the paper does not say where its DPMs sit; ours add 857 k to
-# HRNet-W32 where Table VI says +1.0 M (README, "Where DPN2_HRNet's DPMs
+# HRNet-W32 where Table VI says +1.0 M (docs/guide/models.md, "Where DPN2_HRNet's DPMs
 # sit"), 29.39 M against 29.5 M. 0.15 M covers that and is far below one
 # width-64 DPM (422,400), which the exact hand count catches anyway.
 PAPER_TOLERANCE = {"DPN2_HRNet": 0.15e6}

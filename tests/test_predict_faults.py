@@ -78,7 +78,7 @@ def test_boxes_file_json_error_names_file_line_and_column(tmp_path, capsys):
 # ---------------------------------------------------------------------------
 
 def test_16bit_png_is_converted_with_a_note(dots_keras, tmp_path, capsys):
-    """README: 16-bit images are never rescaled silently. A 16-bit PNG *file* is
+    """docs/input-checks.md: 16-bit images are never rescaled silently. A 16-bit PNG *file* is
     converted by its top 8 bits with a note (OpenCV used to do it without one);
     a 16-bit *array* stays an error (its range is unknown)."""
     import cv2

@@ -186,7 +186,7 @@ SAMPLE_RUN_BACKENDS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", list(SAMPLE_RUN_BACKENDS))
 def test_sample_run_learns_and_exports(tmp_path, backend):
-    """`python recipes/train_coco.py [--backend jax|torch]` as the README shows it (7-9 minutes
+    """`python recipes/train_coco.py [--backend jax|torch]` as docs/guide/backends.md shows it (7-9 minutes
     each on 2 cores); only the output and shard folders are moved into tmp_path."""
     import importlib.util
     if backend != "default" and importlib.util.find_spec(backend) is None:
