@@ -35,8 +35,10 @@ coco|mpii|FILE.json``, else the one the shards' manifest records::
 ``python recipes/train_coco.py`` and ``recipes/train_mpii.py`` are this
 command with the COCO and MPII defaults.
 
-Exit status: 0 done, 2 bad input (reported before anything is trained or
-written), 3 the loss diverged (the last good checkpoint is kept).
+Exit status: 0 done; 2 a one-line error: bad input (reported before anything is
+trained or written) or a run folder that cannot be written (read-only, full
+disk: the epoch's checkpoint and history row are not kept, earlier ones are);
+3 the loss diverged (the last good checkpoint is kept).
 """
 
 import argparse
