@@ -544,13 +544,7 @@ def _check_qat_kwargs(qat_kwargs):
 
 def _check_output_dir(output_dir, overwrite):
     """What :func:`keras_dpn.io_utils.atomic_directory` refuses, checked before the work."""
-    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"The output path exists and is not a folder; it is left as it is. "
-                         f"Received: output_dir={output_dir!r}")
-    if os.path.exists(output_dir) and not overwrite:
-        raise FileExistsError(
-            f"Output folder already exists: {output_dir}. Pass overwrite=True "
-            "(--overwrite on the command line) to replace it.")
+    io_utils.check_directory_target(output_dir, overwrite, f"output_dir={output_dir!r}")
     io_utils.check_output_folder(os.path.dirname(output_dir), "output_dir")
 
 

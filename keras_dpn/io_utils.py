@@ -77,6 +77,28 @@ def atomic_path(path):
         raise
 
 
+
+def check_directory_target(path, overwrite, received=None):
+    """What :func:`atomic_directory` refuses about ``path``, for a check before the work.
+
+    Args:
+        path: the folder to be written or replaced.
+        overwrite: whether an existing folder may be replaced.
+        received: how the errors show the value (default: ``path`` itself).
+
+    Raises:
+        ValueError: ``path`` exists and is not a folder.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    received = path if received is None else received
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"The output path exists and is not a folder; it is left as it is. "
+                         f"Received: {received}")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"Output folder already exists: {path}. Pass overwrite=True "
+            "(--overwrite on the command line) to replace it.")
+
 @contextlib.contextmanager
 def atomic_directory(path, overwrite=False):
     """Yields a temporary directory that replaces ``path`` when the block succeeds.
@@ -93,13 +115,7 @@ def atomic_directory(path, overwrite=False):
             a directory, e.g. a regular file: it is never replaced by a folder.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValueError(f"The output path exists and is not a folder; it is left as it is. "
-                         f"Received: {path}")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"Output folder already exists: {path}. Pass overwrite=True "
-            "(--overwrite on the command line) to replace it.")
+    check_directory_target(path, overwrite)
     parent = os.path.dirname(path)
     _makedirs(parent)
     remove_partial_leftovers(path)  # of a killed earlier write; a live one's stay

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_dpn
+from fault_helpers import snapshot
 from keras_dpn import training
 from keras_dpn.training import (ArchitectureMismatchError, EpochPiecewiseSchedule, Trainer,
                                 TrainingDivergedError)
@@ -49,15 +50,6 @@ def _history(out):
         return list(csv.DictReader(f))
 
 
-def _tree(path):
-    """Snapshot of every file (name -> bytes) under ``path``."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
-    return out
 
 
 class _Raise(keras.callbacks.Callback):
@@ -261,14 +253,14 @@ def test_best_checkpoint_and_refusals_leave_the_run_untouched(tmp_path):
 
     # Another architecture, or a new run into the same folder: clear errors
     # and not one byte changed.
-    before = _tree(out)
+    before = snapshot(out)
     wider = _trainer(out, epochs=4, model_fn=lambda: _model(num_modules=2))
     with pytest.raises(ArchitectureMismatchError,
                        match="another architecture.*nothing was written"):
         wider.fit(_dataset(), resume=True)
     with pytest.raises(FileExistsError, match="resume=True"):
         _trainer(out, epochs=4).fit(_dataset())
-    assert _tree(out) == before
+    assert snapshot(out) == before
 
 
 @pytest.mark.slow
