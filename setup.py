@@ -10,8 +10,8 @@ from setuptools.command.build_py import build_py
 
 HERE = pathlib.Path(__file__).parent
 
-# The bundled samples `keras-dpn train` runs without data (keras_dpn/train_command.py):
-# copied from the checkout into the built package (keras_dpn/assets/sample_data/)
+# The bundled samples `keras-dpn train` runs without data (keras_dpn/cli/train.py):
+# copied from the checkout into the built package (keras_dpn/core/assets/sample_data/)
 # rather than kept twice in the repository. Source -> place in the package.
 SAMPLE_FILES = {
     "sample_data/coco/annotations/person_keypoints_sample.json":
@@ -28,7 +28,7 @@ class BuildWithSamples(build_py):
 
     def run(self):
         super().run()
-        target = pathlib.Path(self.build_lib) / "keras_dpn" / "assets" / "sample_data"
+        target = pathlib.Path(self.build_lib) / "keras_dpn" / "core" / "assets" / "sample_data"
         for source, dest in SAMPLE_FILES.items():
             source, dest = HERE / source, target / dest
             if source.is_dir():
@@ -48,9 +48,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_dpn", "keras_dpn.*"]),
-    # The default int8 calibration crops and a sample photo (keras_dpn/assets/):
+    # The default int8 calibration crops and a sample photo (keras_dpn/core/assets/):
     # an installed package exports and predicts without a checkout.
-    package_data={"keras_dpn.assets": ["*.jpg", "README.md"]},
+    package_data={"keras_dpn.core.assets": ["*.jpg", "README.md"]},
     install_requires=[
         # tensorflow-addons is deliberately absent: it is end-of-life and fails
         # to import on TF 2.21; affine warps use tf.raw_ops.ImageProjectiveTransformV3.
@@ -75,12 +75,12 @@ setup(
                 # lint-imports: the layering contract (.importlinter, tests/test_layering.py).
                 "import-linter"],
         "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
-        # tfmot works only through tf_keras; keras_dpn.qat imports it lazily,
+        # tfmot works only through tf_keras; keras_dpn.deploy.qat imports it lazily,
         # in its own process, so the rest of the package never sees tf_keras.
         "qat": ["tensorflow-model-optimization", "tf-keras==2.21.*"],
         # The documentation site: `mkdocs build --strict` (tests/test_docs.py runs it).
         "docs": ["mkdocs-material", "mkdocstrings[python]"],
     },
-    entry_points={"console_scripts": ["keras-dpn=keras_dpn.cli:main"]},
+    entry_points={"console_scripts": ["keras-dpn=keras_dpn.cli.main:main"]},
     cmdclass={"build_py": BuildWithSamples},
 )

@@ -55,7 +55,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 SAMPLE_ANN = os.path.join(REPO, "sample_data", "coco", "annotations", "person_keypoints_sample.json")
 SAMPLE_DET = os.path.join(REPO, "sample_data", "coco", "annotations", "person_detections_sample.json")
@@ -529,7 +528,7 @@ def orchestrate(args):
             shutil.rmtree(args.work_dir, ignore_errors=True)
     text = report(res, args)
     print("\n" + text)
-    from keras_dpn.io_utils import atomic_file
+    from keras_dpn.core.io_utils import atomic_file
     for path, content in ((args.json, json.dumps(res, indent=1)), (args.markdown, text)):
         if path:
             with atomic_file(path, "w") as fh:

@@ -15,11 +15,9 @@ Usage::
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,7 +28,7 @@ SAMPLE_COCO = os.path.join(REPO, "sample_data/coco/annotations/person_keypoints_
 
 def render_example(image, heatmaps, weights, spec, codec, scale=1):
     """One panel: uint8 RGB crop + heatmap overlay + skeleton."""
-    from keras_dpn import transforms
+    from keras_dpn.core import transforms
     rgb = image * np.array(transforms.IMAGENET_STD) + np.array(transforms.IMAGENET_MEAN)
     rgb = np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
     h, w = rgb.shape[:2]
@@ -62,9 +60,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--output", default=os.path.join(REPO, "docs", "training_batch.png"))
     args = p.parse_args(argv)
-    from keras_dpn import data, io_utils
-    from keras_dpn.codec import HeatmapCodec
-    from keras_dpn.keypoints import get_keypoint_spec
+    from keras_dpn import data
+    from keras_dpn.core import io_utils
+    from keras_dpn.core.codec import HeatmapCodec
+    from keras_dpn.core.keypoints import get_keypoint_spec
     spec = get_keypoint_spec(args.dataset)
     size = (256, 192) if args.dataset == "coco" else (256, 256)
     hm_size = (size[0] // 4, size[1] // 4)

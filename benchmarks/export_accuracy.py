@@ -1,9 +1,15 @@
 """COCO AP of every exported file of one model, through PoseEstimator, on the bundled sample.
 
+For size, AP, latency and throughput per format in one table, use
+``keras-dpn benchmark`` (docs/guide/benchmark.md), which supersedes this script
+except for what only it does: running QAT and pruning, scoring the end-to-end
+``keypoints_fp32.tflite`` and the AP drop column (tests/test_export_accuracy.py
+runs it; docs/benchmarks.md quotes its table).
+
 Exports the model to every format (SavedModel, ONNX, TFLite fp32 / fp16 / int8
 weights / full int8, QAT int8, pruned int8, the end-to-end keypoints file)
-with :func:`keras_dpn.export.export_model`, then evaluates the Keras model
-and each file with :func:`keras_dpn.export_eval.evaluate_export` (what
+with :func:`keras_dpn.deploy.export.export_model`, then evaluates the Keras model
+and each file with :func:`keras_dpn.deploy.export_eval.evaluate_export` (what
 ``keras-dpn export ... --evaluate`` prints): the sample's ground-truth boxes,
 ``PoseEstimator`` crops, the file's runtime, heatmap decoding, rescoring,
 OKS-NMS and pycocotools. Prints a markdown table (size, AP, AP drop against
@@ -39,7 +45,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 SAMPLE = os.path.join(ROOT, "sample_data", "coco")
 
 
@@ -75,7 +80,8 @@ def load_model(args):
     import keras
 
     import keras_dpn
-    from keras_dpn import publish, training
+    from keras_dpn.hub import publish
+    from keras_dpn.training import trainer as training
     given = [name for name, v in (("--run", args.run), ("--model-file", args.model_file),
                                   ("--model", args.model)) if v]
     if len(given) != 1:
@@ -111,7 +117,8 @@ def load_model(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from keras_dpn import export, export_eval
+    from keras_dpn.deploy import export
+    from keras_dpn.deploy import export_eval
     # Every input is checked before the export's minutes.
     data = export_eval.evaluation_set(args.annotations, args.images)
     model, described, run_flip = load_model(args)
@@ -139,7 +146,7 @@ def main(argv=None):
           f"{os.cpu_count()} cores; 'AP drop' = Keras AP minus the file's, same flip setting; "
           "'ms / crop' = median of 10 model calls on one crop)")
     if args.json:
-        from keras_dpn import io_utils
+        from keras_dpn.core import io_utils
         with io_utils.atomic_file(args.json, "w") as f:
             json.dump(dict(model=described, flip_test=flip, threads=args.threads,
                            evaluated_on=data.describe(), load_average=[load_before, load_after],

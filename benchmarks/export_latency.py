@@ -1,5 +1,10 @@
 """Batch-1 CPU latency of every deployed form, with the machine's matmul rate.
 
+Superseded by ``keras-dpn benchmark MODEL`` (:mod:`keras_dpn.deploy.benchmark`,
+docs/guide/benchmark.md): the same rows and the matmul fraction, plus size, AP,
+spread and throughput, for one model per run. Kept because docs/benchmarks.md
+("Latency") quotes its table, which includes Keras with XLA and three models.
+
 For DPN4_32, DPN4_64 and the HRNet-W32 peer at 256x192 (fresh weights;
 latency does not depend on their values) this exports TFLite fp32 / fp16 /
 int8 (full integer) and ONNX, then times batch-1 inference with 1 and 2
@@ -13,7 +18,7 @@ threads in:
 The fp32 matrix-multiply rate (1024x1024 ``tf.matmul``, same thread count,
 same run) is measured alongside, so the table can say what fraction of the
 machine each runtime reaches: achieved GFLOP/s = 2 x MACs / latency
-(``keras_dpn.analysis.count_macs``).
+(``keras_dpn.models.analysis.count_macs``).
 
 Usage::
 
@@ -34,7 +39,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
@@ -127,9 +131,10 @@ def main(argv=None):
     import keras
 
     import keras_dpn
-    from keras_dpn import calibration, export
+    from keras_dpn.deploy import calibration
+    from keras_dpn.deploy import export
     try:
-        from keras_dpn.analysis import count_macs
+        from keras_dpn.models.analysis import count_macs
     except ImportError:  # the analysis module is optional here
         count_macs = None
 

@@ -16,6 +16,7 @@ Takes about 10 minutes on two busy cores (4 of them training, unless
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -23,10 +24,17 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import numpy as np  # noqa: E402
+
+
+def _test_helper(name):
+    """``tests/<name>.py``, loaded by file path: the tests folder is no package."""
+    where = os.path.join(ROOT, "tests", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, where)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None):
@@ -37,11 +45,11 @@ def main(argv=None):
                                             "(default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    import deploy_helpers as dh
-    from keras_dpn import export
-    from keras_dpn.codec import HeatmapCodec
-    from keras_dpn.inference import PoseEstimator
-    from keras_dpn.transforms import normalize_image
+    dh = _test_helper("deploy_helpers")
+    from keras_dpn.deploy import export
+    from keras_dpn.core.codec import HeatmapCodec
+    from keras_dpn.inference.estimator import PoseEstimator
+    from keras_dpn.core.transforms import normalize_image
 
     started = time.time()
     scratch = tempfile.TemporaryDirectory(prefix="keras_dpn_parity_")

@@ -5,7 +5,7 @@ training-step (``train_on_batch``: Adam + JointsMSE) and inference
 (compiled forward pass) throughput in examples/s and as a fraction of the
 GPU's bf16 matmul rate measured in the same run (8192 x 8192, the backend's
 own matmul). FLOPs: ``6 x MACs`` per training example, ``2 x MACs`` per
-inference example (:func:`keras_dpn.analysis.count_macs`). Configurations run
+inference example (:func:`keras_dpn.models.analysis.count_macs`). Configurations run
 cheapest first and stop starting new ones once ``--budget-s`` is spent, so
 the whole run fits in 8 minutes; what was skipped is listed.
 
@@ -45,6 +45,15 @@ def build_parser():
     p.add_argument("--allow-cpu", action="store_true",
                    help="run without a GPU (to check the script; the numbers mean nothing)")
     return p
+
+
+def _train_throughput():
+    """benchmarks/train_throughput.py, loaded by file path (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", os.path.join(HERE, "train_throughput.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def device_name(backend):
@@ -90,8 +99,7 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     os.environ["KERAS_BACKEND"] = args.backend  # before Keras is imported
-    sys.path.insert(0, HERE)
-    import train_throughput as tt  # imports Keras (and keras_dpn) only inside its functions
+    tt = _train_throughput()  # imports Keras (and keras_dpn) only inside its functions
 
     platform_kind, name = device_name(args.backend)
     if platform_kind != "gpu" and not args.allow_cpu:

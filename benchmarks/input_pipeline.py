@@ -195,11 +195,13 @@ def _pin(cpus):
 
 def run_pipeline(args):
     """Worker: build_dataset's training batches on the pinned cores."""
-    if args.keras_dpn_path:
-        sys.path.insert(0, args.keras_dpn_path)
-    else:
-        sys.path.insert(0, REPO)
     from keras_dpn import data
+    if args.keras_dpn_path:
+        # PYTHONPATH (set by _spawn) must have won over the installed package.
+        found = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(data.__file__))))
+        if os.path.realpath(found) != os.path.realpath(args.keras_dpn_path):
+            raise SystemExit(f"--keras-dpn-path: keras_dpn was imported from {found}, not "
+                             f"from the folder asked for. Received: {args.keras_dpn_path!r}")
     ds = data.build_dataset(args.shards, batch_size=args.batch_size, repeat=True, seed=0)
     it = iter(ds)
     for _ in range(args.warmup_batches):
@@ -259,7 +261,7 @@ def export_people(pattern, path):
     import numpy as np
     import tensorflow as tf
     from keras_dpn.data.decoder import decode_example
-    from keras_dpn.keypoints import COCO_17
+    from keras_dpn.core.keypoints import COCO_17
     people = []
     for raw in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)):
         r = decode_example(raw, COCO_17.num_keypoints)
@@ -278,9 +280,14 @@ def _spawn(kind, cpus, args, people_path):
            "--cpus", ",".join(map(str, cpus)), "--shards", args.shards, "--people", people_path,
            "--batch-size", str(args.batch_size), "--seconds", str(args.seconds),
            "--warmup-batches", str(args.warmup_batches), "--seed", str(args.seed)]
+    env = None
     if args.keras_dpn_path:
         cmd += ["--keras-dpn-path", args.keras_dpn_path]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The other checkout's package goes before the installed one in the worker only.
+        path = os.pathsep.join(filter(None, [args.keras_dpn_path, os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def _collect(procs):
@@ -309,9 +316,8 @@ def measure(kind, cpus, args, people_path):
 
 def gpu_cores_needed(per_core_rate, tflops_list, models=("DPN4_32", "DPN4_64")):
     """Cores one GPU would need: assumed sustained GPU FLOP/s / training FLOPs per example."""
-    sys.path.insert(0, REPO)
     import keras_dpn
-    from keras_dpn.analysis import count_macs
+    from keras_dpn.models.analysis import count_macs
     rows = []
     for name in models:
         macs = count_macs(keras_dpn.get_model(name))
@@ -378,7 +384,6 @@ def main(argv=None):
 
 
 def _compare(args, cpus, tmp):
-    sys.path.insert(0, REPO)
     from keras_dpn import data
     if args.shards is None:
         data.build_coco_shards(SAMPLE_COCO, os.path.join(REPO, "sample_data/coco/images"),
@@ -448,11 +453,11 @@ def _compare(args, cpus, tmp):
         text += "\n" + "\n".join(lines)
         result["gpu"] = gpu
     if args.json:
-        from keras_dpn.io_utils import atomic_file
+        from keras_dpn.core.io_utils import atomic_file
         with atomic_file(args.json, "w") as f:
             json.dump(result, f, indent=1)
     if args.markdown:
-        from keras_dpn.io_utils import atomic_file
+        from keras_dpn.core.io_utils import atomic_file
         with atomic_file(args.markdown, "w") as f:
             f.write(text + "\n")
     return result

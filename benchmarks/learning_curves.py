@@ -2,7 +2,7 @@
 
 Runs ``recipes/train_coco.py`` itself (in a subprocess: TFRecord shards ->
 ``keras_dpn.data.build_dataset`` -> ``model.fit`` through
-``keras_dpn.training.Trainer`` -> ``COCOEvaluationCallback`` every epoch ->
+``keras_dpn.training.trainer.Trainer`` -> ``COCOEvaluationCallback`` every epoch ->
 best weights) on the bundled sample, once per augmentation setting (none,
 horizontal flips only, the HRNet reference), and draws the per-epoch COCO AP
 and loss of all runs into one figure. Training
@@ -86,7 +86,7 @@ def draw(curves, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_dpn import io_utils
+    from keras_dpn.core import io_utils
 
     colors = {"none": "tab:red", "flip": "tab:orange", "reference": "tab:blue"}
     fig, (ax_ap, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
@@ -129,7 +129,6 @@ def main(argv=None):
     parser.add_argument("--plot-only", action="store_true",
                         help="draw the figure from the runs already in OUTPUT")
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
 
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
@@ -147,7 +146,7 @@ def main(argv=None):
     if not curves:
         print(f"[curves] no finished run in {output}", file=sys.stderr)
         return 2
-    from keras_dpn.io_utils import atomic_file
+    from keras_dpn.core.io_utils import atomic_file
     with atomic_file(os.path.join(output, "learning_curves.json"), "w") as f:
         json.dump({"settings": PROOF_ARGS, "runs": curves}, f, indent=1)
     print(f"[curves] figure: {draw(curves, args.figure)}")

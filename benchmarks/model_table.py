@@ -3,7 +3,7 @@
 Parameters are the trainable ones (what the paper's PyTorch counts report;
 Keras' ``count_params()`` adds the BN moving statistics, shown in the last
 column). GMACs are multiply-accumulates of the convolutions and dense layers
-for one 256x192 image, counted by :func:`keras_dpn.analysis.count_macs`.
+for one 256x192 image, counted by :func:`keras_dpn.models.analysis.count_macs`.
 
 Usage::
 
@@ -13,7 +13,6 @@ Usage::
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -53,7 +52,7 @@ def measure(rows=None, input_shape=(256, 192, 3), progress=True):
     """Returns one dict per row with the measured and the paper's numbers."""
     import keras
 
-    from keras_dpn.analysis import count_macs
+    from keras_dpn.models.analysis import count_macs
     from keras_dpn.models import get_model
 
     rows = rows_from_registry() if rows is None else rows
@@ -98,7 +97,6 @@ def main(argv=None):
                         help="also write the table to this markdown file")
     parser.add_argument("--only", nargs="*", help="labels of the rows to measure")
     args = parser.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     rows = [r for r in rows_from_registry() if not args.only or r[0] in args.only]
     start = time.time()
     table = to_markdown(measure(rows))
@@ -108,7 +106,7 @@ def main(argv=None):
     print(table)
     print(f"\n({len(rows)} models measured in {time.time() - start:.0f} s)")
     if args.markdown:
-        from keras_dpn.io_utils import atomic_file
+        from keras_dpn.core.io_utils import atomic_file
 
         with atomic_file(args.markdown, "w") as f:
             f.write(table + "\n")

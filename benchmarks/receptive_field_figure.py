@@ -1,7 +1,7 @@
 """Draws the paper's Fig. 2 idea: what one output position sees.
 
 Four stacks of three 3x3 convolutions, measured by gradient
-(:func:`keras_dpn.analysis.receptive_field`):
+(:func:`keras_dpn.models.analysis.receptive_field`):
 
 * normal (dilation 1, 1, 1): 7x7, dense, full resolution;
 * constant dilation (2, 2, 2): 13x13 but with holes (gridding);
@@ -18,7 +18,6 @@ Usage::
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -44,7 +43,7 @@ PANELS = (
 
 
 def measure_panels(input_size=32):
-    from keras_dpn.analysis import receptive_field
+    from keras_dpn.models.analysis import receptive_field
 
     out = []
     for title, kwargs, position in PANELS:
@@ -55,8 +54,8 @@ def measure_panels(input_size=32):
 
 
 def measure_dpm(input_size=160):
-    from keras_dpn.analysis import receptive_field
-    from keras_dpn.layers import DilationPyramidModule
+    from keras_dpn.models.analysis import receptive_field
+    from keras_dpn.models.layers import DilationPyramidModule
 
     # Width 2 (8 channels) keeps it quick: the receptive field ignores width.
     dpm = DilationPyramidModule(2, num_blocks=6)
@@ -70,7 +69,7 @@ def draw(panels, dpm_rf, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from keras_dpn.io_utils import atomic_path
+    from keras_dpn.core.io_utils import atomic_path
 
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.9))
     for ax, (title, rf, out_size) in zip(axes, panels):
@@ -101,7 +100,6 @@ def main(argv=None):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--out", default=os.path.join(repo, "docs", "receptive_field.png"))
     args = parser.parse_args(argv)
-    sys.path.insert(0, repo)
     panels = measure_panels()
     dpm_rf = measure_dpm()
     for title, rf, _ in panels:

@@ -16,7 +16,7 @@ Throughput is in examples/s and as a fraction of the dense matmul rate of
 ``torch.matmul``, 4096 x 4096 float32), the practical peak of the machine
 for that backend. A training step counts 3 forward passes (``6 x MACs`` FLOPs
 per example), inference one (``2 x MACs``), with the MACs of
-:func:`keras_dpn.analysis.count_macs`.
+:func:`keras_dpn.models.analysis.count_macs`.
 
 Usage::
 
@@ -40,8 +40,6 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -141,9 +139,9 @@ def time_model(name, mode, batch_size, steps=3, max_seconds=20.0, input_size=(25
     import keras
 
     import keras_dpn
-    from keras_dpn import training
-    from keras_dpn.analysis import count_macs
-    from keras_dpn.losses import JointsMSE
+    from keras_dpn.training import trainer as training
+    from keras_dpn.models.analysis import count_macs
+    from keras_dpn.training.losses import JointsMSE
 
     backend = keras.backend.backend()
     if mode not in MODES:

@@ -24,14 +24,13 @@ Prints markdown tables and the load average (the machine may be shared).
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import numpy as np  # noqa: E402
 
@@ -43,9 +42,18 @@ SETTINGS = [("off", None),
 SPEEDS = (0.0, 1.0, 3.0, 10.0)  # px per frame
 
 
+def _test_helper(name):
+    """``tests/<name>.py``, loaded by file path: the tests folder is no package."""
+    where = os.path.join(ROOT, "tests", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, where)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def smoothing_table(frames=90, noise=1.5, fps=30.0):
-    import synthetic_pose as sp
-    from keras_dpn.tracking import OneEuroFilter, PoseTracker
+    sp = _test_helper("synthetic_pose")
+    from keras_dpn.inference.tracking import OneEuroFilter, PoseTracker
 
     rows = ["| setting | speed (px/s) | jitter left | settled lag (px) | stated lag | "
             "bound size/(2 pi beta) |", "|---|---|---|---|---|---|"]
@@ -79,8 +87,8 @@ def model_cost(repeats=1):
 
     import keras_dpn
     from keras_dpn import PoseEstimator
-    from keras_dpn.tracking import PoseTracker
-    from keras_dpn.video import VideoSource
+    from keras_dpn.inference.tracking import PoseTracker
+    from keras_dpn.inference.video import VideoSource
 
     keras.utils.set_random_seed(0)
     estimator = PoseEstimator(keras_dpn.DPN1_32(input_shape=(128, 96, 3)))
@@ -124,9 +132,10 @@ def figure(path, frames=36, shown=(0, 15, 35)):
 
     import cv2
 
-    import synthetic_pose as sp
-    from keras_dpn import PoseEstimator, io_utils
-    from keras_dpn.video import predict_video
+    sp = _test_helper("synthetic_pose")
+    from keras_dpn import PoseEstimator
+    from keras_dpn.core import io_utils
+    from keras_dpn.inference.video import predict_video
 
     # The third person enters on frame 12 and is found at the next detection (20).
     tracks = [dict(start=(50, 80), velocity=(6, 0), height=100),

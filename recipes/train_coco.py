@@ -31,7 +31,7 @@ With data it follows the paper's schedule: Adam 1e-3, x0.1 at epochs 90 and
 Exit status: 0 done, 2 bad input (reported before anything is trained or
 written), 3 the loss diverged (the last good checkpoint is kept).
 
-The job is ``keras-dpn train`` (``keras_dpn/train_command.py``) with the COCO
+The job is ``keras-dpn train`` (``keras_dpn/cli/train.py``) with the COCO
 defaults; this script stays the documented entry point of a checkout.
 """
 
@@ -39,19 +39,29 @@ import importlib.util
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The checkout's package, also when another keras-dpn is installed.
-sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The command's file alone, not `import keras_dpn.train_command`: importing the
-# package starts Keras (which reads KERAS_BACKEND once, so --backend must come
-# first) and TensorFlow, which --help and a bad argument do not need; main()
-# imports keras_dpn after parsing and checking.
-_loader = importlib.util.spec_from_file_location(
-    "keras_dpn_train_command", os.path.join(REPO, "keras_dpn", "train_command.py"))
-train_command = importlib.util.module_from_spec(_loader)
-_loader.loader.exec_module(train_command)
+
+def load_package_file(*parts, name):
+    """A module file of the installed keras_dpn, run without importing the package.
+
+    Importing the package starts Keras (which reads KERAS_BACKEND once, so
+    --backend must come first) and TensorFlow, which --help and a bad argument
+    do not need; the command imports keras_dpn after parsing and checking.
+    ``find_spec`` locates the package without running its ``__init__``.
+    """
+    spec = importlib.util.find_spec("keras_dpn")
+    if spec is None:
+        sys.exit("error: keras-dpn is not installed; from the checkout run: "
+                 "python -m pip install -e . (see README.md)")
+    where = os.path.join(spec.submodule_search_locations[0], *parts)
+    loader = importlib.util.spec_from_file_location(name, where)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+train_command = load_package_file("cli", "train.py", name="keras_dpn_train_command")
 SAMPLE, main = train_command.SAMPLE, train_command.main
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def loss_values():
     """JointsMSE and HeatmapPCK on :func:`loss_inputs`, on the current backend."""
     import keras
 
-    from keras_dpn.losses import JointsMSE
-    from keras_dpn.metrics import HeatmapPCK
+    from keras_dpn.training.losses import JointsMSE
+    from keras_dpn.training.metrics import HeatmapPCK
     pred, target, weight, peaks_true, peaks_pred = loss_inputs()
     mse = JointsMSE()
     pck = HeatmapPCK()
@@ -90,8 +90,8 @@ def eval_people():
     """
     import numpy as np
 
-    from keras_dpn import transforms
-    from keras_dpn.codec import HeatmapCodec
+    from keras_dpn.core import transforms
+    from keras_dpn.core.codec import HeatmapCodec
     codec = HeatmapCodec(EVAL_INPUT, EVAL_HEATMAP)
     with open(TEST_COCO) as f:
         people = [a for a in json.load(f)["annotations"] if a["num_keypoints"] > 0]
@@ -157,7 +157,7 @@ def check_environment(out_dir):
     import keras
 
     import keras_dpn
-    from keras_dpn import training
+    from keras_dpn.training import trainer as training
     result = {"backend": keras.backend.backend(),
               "tensorflow_loaded": sorted(m for m, v in sys.modules.items()
                                           if m.split(".")[0] == "tensorflow" and v is not None),
@@ -172,7 +172,7 @@ def check_environment(out_dir):
         except Exception as e:  # noqa: BLE001 - recorded
             result["module_errors"][info.name] = f"{type(e).__name__}: {e}"
     for name, call in (("build_dataset", lambda: keras_dpn.build_dataset),
-                       ("export", lambda: keras_dpn.export.export_model(
+                       ("export", lambda: keras_dpn.deploy.export.export_model(
                            keras_dpn.DPN(num_modules=1, input_shape=DPN_INPUT), out_dir)),
                        ("multi_worker", lambda: training.get_strategy("multi_worker")),
                        ("custom_loop", lambda: training.Trainer(
@@ -190,6 +190,7 @@ def _family_check(model, batch, tmp_path):
     import numpy as np
 
     import keras_dpn
+    from keras_dpn.models.analysis import count_macs
     shape = tuple(model.input_shape[1:])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch,) + shape).astype("float32")
@@ -212,7 +213,7 @@ def _family_check(model, batch, tmp_path):
             "pck": history.history["pck"], "params": model.count_params(),
             "loaded_params": loaded.count_params(),
             "round_trip_max_diff": float(np.abs(before - after).max()),
-            "macs": keras_dpn.analysis.count_macs(model)}
+            "macs": count_macs(model)}
 
 
 def check_families(out_dir):
@@ -221,7 +222,7 @@ def check_families(out_dir):
     import keras
 
     import keras_dpn
-    from keras_dpn import training
+    from keras_dpn.training import trainer as training
     keras.utils.set_random_seed(0)
     with training.precision_policy("mixed_bfloat16"):
         dpn = keras_dpn.DPN(num_modules=1, input_shape=DPN_INPUT)
@@ -256,9 +257,9 @@ def check_evaluation(out_dir):
     import keras
     import numpy as np
 
-    from keras_dpn.callbacks import COCOEvaluationCallback
+    from keras_dpn.training.callbacks import COCOEvaluationCallback
     from keras_dpn.evaluation import predict_coco
-    from keras_dpn.losses import JointsMSE
+    from keras_dpn.training.losses import JointsMSE
     codec, maps, weights, meta = eval_people()
     model = identity_model()
     model.compile(keras.optimizers.SGD(0.0), JointsMSE())  # the identity stays
@@ -284,11 +285,10 @@ def check_trainer(out_dir):
     import numpy as np
 
     import keras_dpn
-    from keras_dpn import training
+    from keras_dpn.training import trainer as training
     from keras_dpn.data import PersonCrops
     kwargs = dict(input_size=DPN_INPUT[:2], heatmap_size=(16, 12), seed=0)
-    train = PersonCrops(*SAMPLE_COCO, batch_size=124, shuffle=False, scale_factor=0.0,
-                        rotation_prob=0.0, flip_prob=0.0, half_body_prob=0.0, **kwargs)
+    train = PersonCrops(*SAMPLE_COCO, batch_size=124, shuffle=False, augment=None, **kwargs)
     evaluation = PersonCrops(*SAMPLE_COCO, training=False, batch_size=124, **kwargs)
 
     def model_fn():
@@ -325,8 +325,8 @@ def check_inference(out_dir):
     import numpy as np
 
     import keras_dpn
-    sys.path.insert(0, HERE)
-    import synthetic_pose as sp
+    from keras_dpn.models.analysis import receptive_field
+    import synthetic_pose as sp  # `python tests/backend_checks.py` searches tests/ first
     people = [sp.skeleton((150, 200), 220), sp.skeleton((420, 230), 180)]
     frame = sp.paint((400, 560), people)
     boxes = np.stack([sp.person_box(p) for p in people])
@@ -335,7 +335,7 @@ def check_inference(out_dir):
     estimator = keras_dpn.PoseEstimator(path, flip_test=False)
     found = estimator.predict(frame, boxes=boxes)
     conv = keras.layers.Conv2D(1, 3, dilation_rate=2, padding="same")
-    rf = keras_dpn.analysis.receptive_field(conv, (9, 9, 1))
+    rf = receptive_field(conv, (9, 9, 1))
     return {"kind": estimator.kind, "truth": [p.tolist() for p in people],
             "keypoints": [p["keypoints"].tolist() for p in found],
             "receptive_field": [list(rf.extent), list(rf.count), bool(rf.has_holes)]}
@@ -395,7 +395,6 @@ def main(argv=None):
     if args.no_tensorflow:
         for name in NOT_WITHOUT_TENSORFLOW:
             sys.modules[name] = None
-    sys.path.insert(0, REPO)
     os.makedirs(args.out_dir, exist_ok=True)
     results = {}
     for name in args.checks:

@@ -22,8 +22,8 @@ def main(out_dir):
     import keras
 
     import keras_dpn
-    from keras_dpn import training
-    from keras_dpn.losses import JointsMSE
+    from keras_dpn.training import trainer as training
+    from keras_dpn.training.losses import JointsMSE
     assert keras.backend.backend() == "jax", keras.backend.backend()
     keras.utils.set_random_seed(0)
     strategy = training.get_strategy("mirrored")

@@ -27,8 +27,8 @@ def sample_training_set(input_size=INPUT_SIZE, max_people=None, min_keypoints=5)
         ``(crops uint8 (N, H, W, 3), heatmaps (N, h, w, 17), weights (N, 17),
         keypoints (N, 17, 3) in crop pixels)``.
     """
-    from keras_dpn.calibration import person_crops
-    from keras_dpn.codec import HeatmapCodec
+    from keras_dpn.deploy.calibration import person_crops
+    from keras_dpn.core.codec import HeatmapCodec
     crops, records = person_crops(ANNOTATIONS, input_size, max_people=max_people,
                                   min_keypoints=min_keypoints)
     h, w = input_size
@@ -50,8 +50,9 @@ def train_tiny_dpn(path, epochs=40, num_people=TRAIN_PEOPLE, batch_size=16, lear
     import keras
 
     import keras_dpn
-    from keras_dpn import io_utils, transforms
-    from keras_dpn.losses import JointsMSE
+    from keras_dpn.core import io_utils
+    from keras_dpn.core import transforms
+    from keras_dpn.training.losses import JointsMSE
     keras.utils.set_random_seed(seed)
     crops, hms, wts, _ = sample_training_set(max_people=num_people)
     # Mirror images double the set (flip pairs swap left / right channels).
@@ -134,8 +135,9 @@ def fresh_export(base_dir):
         import keras
 
         import keras_dpn
-        from keras_dpn import export, transforms
-        from keras_dpn.calibration import person_crops
+        from keras_dpn.deploy import export
+        from keras_dpn.core import transforms
+        from keras_dpn.deploy.calibration import person_crops
         keras.utils.set_random_seed(1)
         model = keras_dpn.DPN1_32(input_shape=INPUT_SIZE + (3,))
         crops, _ = person_crops(ANNOTATIONS, INPUT_SIZE, max_people=8)

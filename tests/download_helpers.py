@@ -74,7 +74,7 @@ def tree(folder):
 def isolated(tmp_path, monkeypatch):
     """An empty weights registry and a private Keras cache; returns the cache's
     ``keras_dpn`` folder (``KERAS_HOME`` is read at call time, so downloads land there)."""
-    from keras_dpn import weights as weights_lib
+    from keras_dpn.hub import weights as weights_lib
 
     monkeypatch.setattr(weights_lib, "_REGISTRY", {})
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))

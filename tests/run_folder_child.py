@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_dpn  # noqa: E402
 from keras_dpn import data  # noqa: E402
-from keras_dpn.training import Trainer  # noqa: E402
+from keras_dpn.training.trainer import Trainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "sample_data", "coco")
@@ -115,7 +115,7 @@ def main(mode, path):
         t.fit(ds, callbacks=[_Hold(path)])
         return
     if mode == "full":
-        from keras_dpn.training import RunFolderWriteError
+        from keras_dpn.training.trainer import RunFolderWriteError
 
         class FakeAP(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):

@@ -16,7 +16,7 @@ find each joint by colour. Two finders read them:
 
 import numpy as np
 
-from keras_dpn import transforms
+from keras_dpn.core import transforms
 
 # (x, y) of the 17 COCO joints for a person of height 1 centred on (0, 0).
 TEMPLATE = np.array([

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dpn.analysis import count_macs, layer_macs, receptive_field
-from keras_dpn.layers import Bottleneck, DilationPyramidModule
+from keras_dpn.models.analysis import count_macs, layer_macs, receptive_field
+from keras_dpn.models.layers import Bottleneck, DilationPyramidModule
 
 
 def seq(input_shape, *layers):

@@ -1,7 +1,8 @@
 """The default augmentation, measured: how often each random transform happens.
 
-Rates are counted over many draws of the training parser's
-``PersonParser.sample_augmentation`` (tf.data) and of ``PersonCrops`` (numpy)
+Rates are counted over many draws of each executor of
+``keras_dpn.data.augment``, run as its user runs it: the training parser's
+``PersonParser.sample_augmentation`` (tf.data) and ``PersonCrops`` (numpy),
 and compared with the documented defaults, which follow the HRNet reference
 (``lib/dataset/JointsDataset.py`` and ``experiments/coco/hrnet/*.yaml``:
 ``PROB_HALF_BODY: 0.3``, ``NUM_JOINTS_HALF_BODY: 8``, the upper body when
@@ -17,8 +18,9 @@ which is under 0.015 here: a default of 0.25 or 0.35 instead of 0.3 fails.
 import math
 
 import numpy as np
+import pytest
 
-from keras_dpn.keypoints import COCO_17
+from keras_dpn.core.keypoints import COCO_17
 
 N = 20000
 
@@ -81,51 +83,77 @@ def _check(rates):
         assert abs(rate - p) <= bound, (name, rate, p, bound, n)
 
 
-def test_training_parser_default_rates():
+def _parser_draws(dataset="coco"):
+    """The tf.data executor: ``PersonParser.sample_augmentation``, stateless TF draws."""
     import tensorflow as tf
 
     from keras_dpn.data import PersonParser
-    parser = PersonParser("coco", input_size=(64, 48), heatmap_size=(16, 12))
-    assert (parser.half_body_prob, parser.half_body_min_joints, parser.flip_prob,
-            parser.rotation_prob, parser.rotation_factor, parser.scale_factor) == (
+    parser = PersonParser(dataset, input_size=(64, 48), heatmap_size=(16, 12))
+
+    def draw(joints, vis, center, scale, seed):
+        out = parser.sample_augmentation(tf.constant(joints, tf.float32),
+                                         tf.constant(vis, tf.float32),
+                                         tf.constant(center, tf.float32),
+                                         tf.constant(scale, tf.float32),
+                                         tf.constant(seed, tf.int64))
+        return [t.numpy() for t in out]
+
+    return parser.augment.config, draw
+
+
+def _crops_draws(monkeypatch, sample_dir, dataset="coco"):
+    """The numpy executor as ``PersonCrops`` runs it: one batch of people, its warp recorded."""
+    from keras_dpn.data import PersonCrops
+    if dataset == "mpii":
+        files = (sample_dir / "mpii" / "valid_sample.json", sample_dir / "mpii" / "images")
+    else:
+        files = (sample_dir / "coco" / "annotations" / "person_keypoints_sample.json",
+                 sample_dir / "coco" / "images")
+    crops = PersonCrops(*map(str, files), dataset=dataset, input_size=(64, 48),
+                        heatmap_size=(16, 12), batch_size=4)
+
+    def draw(joints, vis, center, scale, seed):
+        draws = []
+        monkeypatch.setattr(crops, "transform", lambda image, j, v, c, s, r, f: draws.append(
+            (np.array(c, np.float64), np.array(s, np.float64), float(r), bool(f))) or (0,))
+        windows = iter(zip(center, scale))
+        monkeypatch.setattr(crops, "_window", lambda person: next(windows))
+        kp = np.concatenate([joints, 2.0 * np.asarray(vis)[..., None]], axis=-1)
+        entry = {"path": "unused.jpg"}
+        crops.people = [(entry, {"keypoints": k}) for k in kp]
+        crops._train_batch({"unused.jpg": None}, np.arange(len(kp)), np.random.default_rng(seed))
+        return [np.array([d[i] for d in draws]) for i in range(4)]
+
+    return crops.augment.config, draw
+
+
+@pytest.fixture(params=["tf.data", "numpy"])
+def executor(request, monkeypatch, sample_dir):
+    """``(config, draw)`` of one executor of keras_dpn.data.augment, as its user runs it."""
+    if request.param == "tf.data":
+        return _parser_draws()
+    return _crops_draws(monkeypatch, sample_dir)
+
+
+def test_default_rates(executor):
+    config, draw = executor
+    assert (config.half_body_prob, config.half_body_min_joints, config.flip_prob,
+            config.rotation_prob, config.rotation_factor, config.scale_factor) == (
         0.3, 8, 0.5, 0.6, 40.0, 0.3)
     joints, box_center, box_scale = _person()
-    center, scale, rotation, flip = parser.sample_augmentation(
-        tf.constant(np.broadcast_to(joints, (N, 17, 2))), tf.ones((N, 17)),
-        tf.constant(np.broadcast_to(box_center, (N, 2))),
-        tf.constant(np.broadcast_to(box_scale, (N, 2))), tf.constant([7, 11], tf.int64))
-    _check(_rates(center.numpy(), scale.numpy(), rotation.numpy(), flip.numpy(), box_center,
-                  box_scale))
+    many = lambda x: np.broadcast_to(x, (N,) + x.shape)  # noqa: E731
+    center, scale, rotation, flip = draw(many(joints), np.ones((N, 17)), many(box_center),
+                                         many(box_scale), [7, 11])
+    _check(_rates(center, scale, rotation, flip, box_center, box_scale))
     # Eight labelled joints are not "more than 8": never half body.
     vis = np.zeros((N, 17), np.float32)
     vis[:, :8] = 1
-    center, _, _, _ = parser.sample_augmentation(
-        tf.constant(np.broadcast_to(joints, (N, 17, 2))), tf.constant(vis),
-        tf.constant(np.broadcast_to(box_center, (N, 2))),
-        tf.constant(np.broadcast_to(box_scale, (N, 2))), tf.constant([7, 12], tf.int64))
-    assert np.allclose(center.numpy(), box_center)
+    center, _, _, _ = draw(many(joints), vis, many(box_center), many(box_scale), [7, 12])
+    assert np.allclose(center, box_center)
 
 
-def test_mpii_parser_has_no_half_body_by_default():
-    from keras_dpn.data import PersonParser
-    assert PersonParser("mpii", input_size=(64, 64), heatmap_size=(16, 16)).half_body_prob == 0.0
-
-
-def test_numpy_person_crops_default_rates(monkeypatch, sample_dir):
-    from keras_dpn.data import PersonCrops
-    joints, box_center, box_scale = _person()
-    crops = PersonCrops(str(sample_dir / "coco" / "annotations" / "person_keypoints_sample.json"),
-                        str(sample_dir / "coco" / "images"), input_size=(64, 48),
-                        heatmap_size=(16, 12), batch_size=4)
-    assert (crops.half_body_prob, crops.flip_prob, crops.rotation_prob,
-            crops.rotation_factor, crops.scale_factor) == (0.3, 0.5, 0.6, 40.0, 0.3)
-    draws = []
-    monkeypatch.setattr(crops, "transform", lambda image, j, v, c, s, r, f: draws.append(
-        (np.array(c, np.float64), np.array(s, np.float64), float(r), bool(f))))
-    monkeypatch.setattr(crops, "_window", lambda person: (box_center, box_scale))
-    kp = np.concatenate([joints, np.full((17, 1), 2.0)], axis=1)
-    rng = np.random.default_rng(0)
-    for _ in range(N):
-        crops._train_example(None, {"keypoints": kp}, rng)
-    center, scale, rotation, flip = (np.array([d[i] for d in draws]) for i in range(4))
-    _check(_rates(center, scale, rotation, flip, box_center, box_scale))
+@pytest.mark.parametrize("kind", ["tf.data", "numpy"])
+def test_mpii_has_no_half_body_by_default(kind, monkeypatch, sample_dir):
+    config, _ = _parser_draws("mpii") if kind == "tf.data" else _crops_draws(
+        monkeypatch, sample_dir, "mpii")
+    assert config.half_body_prob == 0.0

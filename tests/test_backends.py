@@ -21,10 +21,13 @@ import pytest
 
 import backend_checks as checks
 import keras_dpn
-from keras_dpn import _optional, training
+from keras_dpn.core import optional as _optional
+from keras_dpn.models.analysis import count_macs
+from keras_dpn.training import checkpoints
+from repo_scripts import load_script
 
 BACKENDS = ("jax", "torch")
-RECIPE_DIR = os.path.join(checks.REPO, "recipes")
+RECIPE = os.path.join(checks.REPO, "recipes", "train_coco.py")
 
 
 def run_checks(backend, out_dir, no_tensorflow=True, names=None, timeout=1800):
@@ -98,7 +101,7 @@ def test_family_builds_trains_and_round_trips(backend_run, family):
         assert "mixed_bfloat16" in got["policies"]
     # Same architecture as on TensorFlow: parameters and MACs.
     assert got["params"] == got["loaded_params"] == model.count_params()
-    assert got["macs"] == keras_dpn.analysis.count_macs(model)
+    assert got["macs"] == count_macs(model)
     assert got["round_trip_max_diff"] <= 1e-6
 
 
@@ -146,7 +149,6 @@ def test_pose_estimator_on_a_keras_file(backend_run):
     # Within a heatmap pixel (9 image pixels here) of where the dots were painted.
     np.testing.assert_allclose(found[..., :2], np.array(got["truth"]), atol=8.0)
     # The same .keras file on TensorFlow: the same keypoints.
-    sys.path.insert(0, os.path.dirname(checks.__file__))
     import synthetic_pose as sp
     people = [np.array(p) for p in got["truth"]]
     frame = sp.paint((400, 560), people)
@@ -218,7 +220,7 @@ def test_backend_names_are_checked():
 
 
 def test_tensorflow_checkpoint_on_another_backend_is_refused(tmp_path):
-    store = training._WeightsCheckpoints(None, str(tmp_path), 3)
+    store = checkpoints.WeightsCheckpoints(None, str(tmp_path), 3)
     assert store.latest(None) is None
     with pytest.raises(ValueError, match="resume it with KERAS_BACKEND=tensorflow"):
         store.latest({"checkpoint": "ckpt-3", "backend": "tensorflow"})
@@ -227,8 +229,7 @@ def test_tensorflow_checkpoint_on_another_backend_is_refused(tmp_path):
 
 
 def test_recipe_backend_option(capsys):
-    sys.path.insert(0, RECIPE_DIR)
-    import train_coco
+    train_coco = load_script("recipes/train_coco.py")
     with pytest.raises(SystemExit) as info:  # argparse: unknown choice
         train_coco.main(["--backend", "mxnet"])
     err = capsys.readouterr().err
@@ -239,8 +240,8 @@ def test_recipe_backend_option(capsys):
     assert train_coco.main(["--backend", "jax", "--epochs", "1"]) == 2
     assert "Keras is already imported here with the tensorflow backend" in capsys.readouterr().err
     # A backend that is not installed: one line, before Keras is imported.
-    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, %r); import train_coco; "
-            "sys.exit(train_coco.main(['--backend', 'torch']))" % RECIPE_DIR)
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            "sys.exit(runpy.run_path(%r)['main'](['--backend', 'torch']))" % RECIPE)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
@@ -279,7 +280,7 @@ def test_gpu_benchmark_script_on_cpu_without_tensorflow(tmp_path):
     assert (row["model"], row["batch_size"], row["mode"]) == ("DPN1_32", 2, "mixed_bfloat16")
     assert row["train_examples_per_s"] > 0 and row["inference_examples_per_s"] > 0
     assert row["gmacs_per_example"] == pytest.approx(
-        keras_dpn.analysis.count_macs(keras_dpn.DPN1_32(input_shape=(64, 48, 3))) / 1e9)
+        count_macs(keras_dpn.DPN1_32(input_shape=(64, 48, 3))) / 1e9)
     assert "| DPN1_32 | 2 |" in (out / "gpu_benchmark.md").read_text()
     # Without a GPU and without --allow-cpu: a one-line refusal.
     proc = subprocess.run(cmd[:4] + ["--out", str(out)], env=env, capture_output=True,

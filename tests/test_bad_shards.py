@@ -11,7 +11,6 @@ inside tf.data.
 
 import io
 import json
-import os
 import shutil
 
 import cv2
@@ -19,11 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dpn import data, transforms as T
-from keras_dpn.codec import HeatmapCodec
+from keras_dpn import data
+from keras_dpn.core import transforms as T
+from keras_dpn.core.codec import HeatmapCodec
 from keras_dpn.data.pipeline import shard_error
-from keras_dpn.keypoints import COCO_17
-from keras_dpn.losses import JointsMSE
+from keras_dpn.core.keypoints import COCO_17
+from keras_dpn.training.losses import JointsMSE
+from repo_scripts import load_script
 
 INPUT, HEATMAP = (128, 96), (32, 24)
 
@@ -123,7 +124,8 @@ def test_corrupt_record_without_manifest_stops_the_run(sample_set, tmp_path):
     folder = _copy(sample_set, tmp_path, manifest=False)
     shard = folder / "coco-00001-of-00002.tfrecord"
     _flip_byte(shard, record=1)
-    ds = data.build_dataset(str(folder / "coco-*.tfrecord"), batch_size=16, shuffle_buffer=0)
+    ds = data.build_dataset(str(folder / "coco-*.tfrecord"), batch_size=16,
+                            options=data.PipelineOptions(shuffle_buffer=0))
     line = _one_line_error(ds)
     n = sample_set[1]["shards"][1]["records"]
     assert line == (f"Corrupt or truncated shard {shard}: record 1 cannot be read (bad checksum "
@@ -213,7 +215,7 @@ def test_model_fit_and_the_recipe_show_the_line(sample_set, tmp_path, capsys):
         _flip_byte(shard)
     pattern = str(folder / "coco-*.tfrecord")
     ds = data.build_dataset(pattern, batch_size=2, input_size=INPUT, heatmap_size=HEATMAP,
-                            shuffle_buffer=0)
+                            options=data.PipelineOptions(shuffle_buffer=0))
     model = keras.Sequential([keras.Input(INPUT + (3,)), keras.layers.AveragePooling2D(4),
                               keras.layers.Conv2D(17, 1)])
     model.compile("sgd", JointsMSE())
@@ -223,12 +225,7 @@ def test_model_fit_and_the_recipe_show_the_line(sample_set, tmp_path, capsys):
     assert line.startswith("Corrupt or truncated shard ") and "coco-0000" in line
     assert "\n" not in line and line in str(info.value)
 
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes"))
-    try:
-        import train_coco
-    finally:
-        sys.path.pop(0)
+    train_coco = load_script("recipes/train_coco.py")
     ann = train_coco.SAMPLE["coco"]["annotations"]
     code = train_coco.main(["--model", "DPN1_32", "--input-size", "64", "48", "--batch-size", "2",
                             "--steps-per-epoch", "1", "--epochs", "1", "--strategy", "default",
@@ -305,11 +302,12 @@ def _pixels(images):
     return images * np.array(T.IMAGENET_STD) * 255 + np.array(T.IMAGENET_MEAN) * 255
 
 
-def _train(pattern, **kwargs):
-    no_augmentation = dict(scale_factor=0.0, rotation_prob=0.0, half_body_prob=0.0,
-                           flip_prob=1.0, shuffle_buffer=0, deterministic=True, seed=0)
+def _train(pattern):
+    flip_only = data.AugmentConfig(scale_factor=0.0, rotation_prob=0.0, half_body_prob=0.0,
+                                   flip_prob=1.0)
     return data.build_dataset(pattern, batch_size=1, input_size=INPUT, heatmap_size=HEATMAP,
-                              drop_remainder=False, **{**no_augmentation, **kwargs})
+                              drop_remainder=False, augment=flip_only, deterministic=True,
+                              seed=0, options=data.PipelineOptions(shuffle_buffer=0))
 
 
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "cmyk", "png", "size_differs"])

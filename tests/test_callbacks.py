@@ -16,12 +16,12 @@ import pytest
 import keras
 import tensorflow as tf
 
-from keras_dpn import transforms
-from keras_dpn.callbacks import COCOEvaluationCallback
-from keras_dpn.codec import HeatmapCodec, flip_back
+from keras_dpn.core import transforms
+from keras_dpn.training.callbacks import COCOEvaluationCallback
+from keras_dpn.core.codec import HeatmapCodec, flip_back
 from keras_dpn.evaluation import predict_coco
-from keras_dpn.keypoints import COCO_17
-from keras_dpn.losses import JointsMSE
+from keras_dpn.core.keypoints import COCO_17
+from keras_dpn.training.losses import JointsMSE
 
 INPUT, HEATMAP = (256, 192), (64, 48)
 
@@ -248,7 +248,7 @@ def test_predict_coco_refuses_non_finite_predictions(crops, codec):
 
 
 def test_callback_stops_training_on_non_finite_predictions(crops, codec, ann_file, tmp_path):
-    from keras_dpn.training import TrainingDivergedError
+    from keras_dpn.training.trainer import TrainingDivergedError
     model = nan_model()
     cb = COCOEvaluationCallback(eval_dataset(crops), ann_file, codec=codec, flip_test=False,
                                 output_dir=tmp_path, verbose=0)
@@ -266,7 +266,7 @@ def test_callback_stops_training_on_non_finite_predictions(crops, codec, ann_fil
 def test_trainer_restores_last_good_epoch_when_evaluation_diverges(crops, codec, ann_file,
                                                                     tmp_path):
     """Finite loss, NaN predictions (BatchNorm moving variance): the Trainer stops."""
-    from keras_dpn import training
+    from keras_dpn.training import trainer as training
 
     def model_fn():
         inputs = keras.Input(HEATMAP + (17,))

@@ -10,7 +10,7 @@ import pytest
 
 from keras_dpn.evaluation import coco as coco_eval
 from keras_dpn.evaluation.coco import METRIC_NAMES, COCOEvaluator, oks_iou, oks_nms, rescore
-from keras_dpn.keypoints import COCO_17
+from keras_dpn.core.keypoints import COCO_17
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dpn import transforms as T
-from keras_dpn.codec import HeatmapCodec, flip_back, merge_flip
-from keras_dpn.keypoints import COCO_17, MPII_16
+from keras_dpn.core import transforms as T
+from keras_dpn.core.codec import HeatmapCodec, flip_back, merge_flip
+from keras_dpn.core.keypoints import COCO_17, MPII_16
 
 
 def reference_generate_target(joints, joints_vis, image_size_wh, heatmap_size_wh, sigma):

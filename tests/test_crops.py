@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_dpn import transforms
-from keras_dpn.data import PersonCrops, PersonParser, read_coco
+from keras_dpn.core import transforms
+from keras_dpn.data import AugmentConfig, PersonCrops, PersonParser, read_coco
 
 INPUT, HEATMAP = (128, 96), (32, 24)
 
@@ -26,8 +26,7 @@ def test_training_batches(sample):
     # With every augmentation off and no shuffling, batch 2 holds the box crops
     # of people 32-47 in annotation order, cut here with OpenCV directly.
     plain = PersonCrops(*sample, batch_size=16, input_size=INPUT, heatmap_size=HEATMAP, seed=3,
-                        shuffle=False, scale_factor=0.0, rotation_prob=0.0, flip_prob=0.0,
-                        half_body_prob=0.0)
+                        shuffle=False, augment=None)
     entries, _ = read_coco(*sample)
     people = [(e["path"], p["bbox"]) for e in entries for p in e["people"]][32:48]
     expected = [transforms.normalize_image(transforms.crop_image(
@@ -86,13 +85,33 @@ def test_transform_matches_the_tf_data_parser(sample, rotation, zoom, flip):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=0), "batch_size"),
-    (dict(flip_prob=1.5), "flip_prob"),
-    (dict(scale_factor=1.0), "scale_factor"),
+    (dict(augment=AugmentConfig), "augment"),
+    (dict(augment="reference"), "augment"),
     (dict(batch_size=200), "fewer than one training batch"),
 ])
 def test_bad_arguments(sample, kwargs, match):
     with pytest.raises(ValueError, match=match):
         PersonCrops(*sample, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(flip_prob=1.5), r"^`flip_prob` must be in \[0, 1\]. Received: flip_prob=1.5$"),
+    (dict(scale_factor=1.0), r"^`scale_factor` must be in \[0, 1\). Received: scale_factor=1.0$"),
+    (dict(rotation_factor=-1), r"^`rotation_factor` must be >= 0. Received: rotation_factor=-1$"),
+    (dict(half_body_prob=float("nan")), r"^`half_body_prob` must be a finite number. "
+                                        r"Received: half_body_prob=nan$"),
+    (dict(half_body_min_joints=2.5), r"^`half_body_min_joints` must be an int >= 0. "
+                                     r"Received: half_body_min_joints=2.5$"),
+])
+def test_bad_augment_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AugmentConfig(**kwargs)
+
+
+def test_old_loose_augmentation_arguments_name_the_new_one(sample):
+    with pytest.raises(TypeError, match=r"augment=AugmentConfig\(flip_prob=...\).*"
+                                        r"Received: flip_prob=0.0$"):
+        PersonCrops(*sample, flip_prob=0.0)
 
 
 def test_missing_annotation_file(tmp_path):

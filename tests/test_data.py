@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dpn import data, transforms as T
-from keras_dpn.codec import HeatmapCodec
+from keras_dpn import data
+from keras_dpn.core import transforms as T
+from keras_dpn.core.codec import HeatmapCodec
 from keras_dpn.data.parser import PersonParser, decode_window
-from keras_dpn.keypoints import COCO_17, KeypointSpec
+from keras_dpn.core.keypoints import COCO_17, KeypointSpec
 
 # A synthetic person, 17 COCO joints in a 600 x 630 image, >= 45 px apart.
 JOINTS = 1.5 * np.array([
@@ -128,7 +129,7 @@ def test_half_body_and_augmentation_rates():
     reference's ``np.random.randn() < 0.5`` does: Phi(0.5) = 0.691, not 0.5.
     """
     n = 4000
-    parser = PersonParser("coco", half_body_prob=1.0)
+    parser = PersonParser("coco", augment=data.AugmentConfig(half_body_prob=1.0))
     joints = tf.constant(np.broadcast_to(JOINTS, (n, 17, 2)), tf.float32)
     vis = tf.ones([n, 17])
     c0 = tf.constant([[300.0, 300.0]] * n)
@@ -166,8 +167,9 @@ def _crop_rgb(crop):
 def test_dots_land_under_heatmap_peaks(dots_shards, flip_prob):
     """Random scale/rotation (+ flip): every peak sits on its own dot, L/R swapped by flips."""
     ds = data.build_dataset(dots_shards, batch_size=6, seed=11 + int(flip_prob), repeat=True,
-                            deterministic=True, flip_prob=flip_prob, half_body_prob=0.0,
-                            rotation_prob=1.0)
+                            deterministic=True,
+                            augment=data.AugmentConfig(flip_prob=flip_prob, half_body_prob=0.0,
+                                                       rotation_prob=1.0))
     checked = 0
     for images, heatmaps, weights in ds.take(2):
         for b in range(images.shape[0]):
@@ -343,6 +345,29 @@ def test_bad_dct_min_zoom():
             PersonParser("coco", dct_min_zoom=bad)
 
 
+def test_grouped_arguments_are_checked():
+    """build_dataset's grouped settings: each checked in one line, and an argument of the
+    old loose signature names its new place (before any shard is read)."""
+    for bad, match in ((dict(shuffle_buffer=-1), r"^`shuffle_buffer` must be an int >= 0\. "),
+                       (dict(cycle_length=0), r"^`cycle_length` must be an int >= 1\. "),
+                       (dict(num_parallel_calls=0), r"^`num_parallel_calls` must be "),
+                       (dict(dct_min_zoom=float("nan")), r"^`dct_min_zoom` must be ")):
+        with pytest.raises(ValueError, match=match):
+            data.PipelineOptions(**bad)
+    for name, value, home in (("flip_prob", 0.0, r"augment=AugmentConfig\(flip_prob=...\)"),
+                              ("shuffle_buffer", 0, r"options=PipelineOptions\(shuffle_buffer"),
+                              ("det_score_threshold", 0.5, r"detections=Detections\(path, "
+                                                           r"score_threshold=...\)")):
+        with pytest.raises(TypeError, match=home + f".*Received: {name}={value}$"):
+            data.build_dataset("no-such-shards-*.tfrecord", **{name: value})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'flip_probability'"):
+        data.build_dataset("no-such-shards-*.tfrecord", flip_probability=0.5)
+    with pytest.raises(ValueError, match=r"^`augment` must be .*Received: augment='none'$"):
+        data.build_dataset("no-such-shards-*.tfrecord", dataset="coco", augment="none")
+    with pytest.raises(ValueError, match=r"^`options` must be .*Received: options=\{"):
+        data.build_dataset("no-such-shards-*.tfrecord", options={"shuffle_buffer": 0})
+
+
 def test_script_exits_with_a_live_iterator(sample_shards, tmp_path):
     """The OpenCV warp runs Python in tf.data's threads: a script that ends while an
     iterator still prefetches must exit, not wait forever at interpreter shutdown
@@ -351,8 +376,6 @@ def test_script_exits_with_a_live_iterator(sample_shards, tmp_path):
     import sys
     script = tmp_path / "live_iterator.py"
     script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
         "from keras_dpn import data\n"
         f"ds = data.build_dataset({sample_shards['coco']!r}, batch_size=16, repeat=True)\n"
         "it = iter(ds)\n"
@@ -416,7 +439,7 @@ def test_eval_crops_match_opencv_inference_crops(sample_shards, sample_dir):
     """An evaluation crop from the shards is the crop PoseEstimator cuts (cv2.imread +
     cv2.warpAffine) to uint8 rounding: the JPEG is decoded with the same accurate IDCT,
     so the model sees in deployment the pixels it was evaluated on."""
-    from keras_dpn.inference import read_image
+    from keras_dpn.inference.estimator import read_image
     ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=16,
                             deterministic=True, verbose=False)
     images, meta = next(iter(ev))
@@ -436,7 +459,8 @@ def test_eval_detections(sample_shards, sample_dir, tmp_path):
     det_file = sample_dir / "coco/annotations/person_detections_sample.json"
     dets = json.load(open(det_file))
     ev = data.build_dataset(sample_shards["coco"], training=False, batch_size=32,
-                            detections=str(det_file), det_score_threshold=0.5, verbose=False)
+                            detections=data.Detections(str(det_file), score_threshold=0.5),
+                            verbose=False)
     kept = [d for d in dets if d["score"] >= 0.5]
     assert int(ev.cardinality()) == -(-len(kept) // 32)
     scores = np.concatenate([m["score"].numpy() for _, m in ev])
@@ -447,8 +471,8 @@ def test_eval_detections(sample_shards, sample_dir, tmp_path):
     with pytest.raises(ValueError, match=r"dets_other.json.*123456789"):
         data.build_dataset(sample_shards["coco"], training=False, detections=str(bad))
     with pytest.raises(ValueError, match="no detection left"):
-        data.build_dataset(sample_shards["coco"], training=False, detections=str(det_file),
-                           det_score_threshold=2.0)
+        data.build_dataset(sample_shards["coco"], training=False,
+                           detections=data.Detections(str(det_file), score_threshold=2.0))
     missing_key = tmp_path / "dets_bad.json"
     missing_key.write_text(json.dumps([{"image_id": 785, "score": 0.9}]))
     with pytest.raises(ValueError, match=r"detection \[0\] misses key\(s\) \['bbox'\]"):
@@ -739,8 +763,8 @@ def test_corrupt_and_incomplete_shards(sample_shards, tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # a flipped byte: same size, bad CRC
     shard.write_bytes(bytes(raw))
-    ds = data.build_dataset(str(dst / "coco-*.tfrecord"), batch_size=8, shuffle_buffer=0,
-                            deterministic=True)
+    ds = data.build_dataset(str(dst / "coco-*.tfrecord"), batch_size=8, deterministic=True,
+                            options=data.PipelineOptions(shuffle_buffer=0))
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="Corrupt or truncated shard .*coco-00001-of-00002"):
         for _ in ds:

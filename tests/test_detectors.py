@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import synthetic_pose as sp
-from keras_dpn import detectors
-from keras_dpn.detectors import (DetectionFile, ModelDetector, box_iou, convert_boxes,
+from keras_dpn.inference import detectors
+from keras_dpn.inference.detectors import (DetectionFile, ModelDetector, box_iou, convert_boxes,
                                  describe_model, get_detector, nms)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -289,7 +289,7 @@ def test_estimator_detector_errors(dot_estimator):
 def test_cli_image_with_a_detector(dot_estimator, tmp_path, capsys):
     import cv2
 
-    from keras_dpn import cli
+    from keras_dpn.cli import main as cli
     image, _ = _person_on_red()
     path = tmp_path / "person_1.png"
     cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))

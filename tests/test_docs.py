@@ -42,8 +42,8 @@ def test_mkdocs_build_strict_passes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The API reference is generated from the docstrings, not an empty page.
     api = (site / "api" / "index.html").read_text()
-    for name in ("keras_dpn.inference.PoseEstimator", "keras_dpn.models.dpn.DPN",
-                 "keras_dpn.data.pipeline.build_dataset", "keras_dpn.export.export_model"):
+    for name in ("keras_dpn.inference.estimator.PoseEstimator", "keras_dpn.models.dpn.DPN",
+                 "keras_dpn.data.pipeline.build_dataset", "keras_dpn.deploy.export.export_model"):
         assert f'id="{name}"' in api, name
     # Doctests are code blocks, not Markdown (where people[0]["keypoints"] is a link).
     text = html.unescape(re.sub(r"<[^>]+>", "", api))
@@ -53,7 +53,7 @@ def test_mkdocs_build_strict_passes(tmp_path):
                  "video", "release"):
         assert (site / "guide" / page / "index.html").is_file(), page
     assert (site / "benchmarks" / "index.html").is_file()
-    assert (site / "learning_curves.png").is_file()
+    assert (site / "receptive_field.png").is_file()
 
 
 @needs_mkdocs
@@ -114,3 +114,21 @@ def test_readme_and_ci_install_the_same_extras():
     ci = re.findall(pattern, open(os.path.join(REPO, ".ci", "run")).read())
     assert len(readme) == 2 and len(ci) == 1, (readme, ci)
     assert set(readme) == set(ci) and "docs" in ci[0].split(","), (readme, ci)
+
+
+def test_readme_model_figures_are_the_built_models():
+    """The README's first example ("0.70 M params, 1.12 GMACs at 256x192", heatmaps
+    "(batch, 64, 48, 17)") states DPN4_32's own count_params and count_macs, which round to
+    the paper's Table II (0.7 M, 1.1 GMACs)."""
+    import keras_dpn
+    from keras_dpn.models.analysis import count_macs
+    text = open(README).read()
+    figures = re.search(r"DPN4_32\(\)\s+# ([\d.]+) M params, ([\d.]+) GMACs at 256x192", text)
+    shape = re.search(r"# \(batch, (\d+), (\d+), (\d+)\) COCO heatmaps", text)
+    assert figures and shape, "the README's first example changed: update this test"
+    params, gmacs = float(figures.group(1)), float(figures.group(2))
+    model = keras_dpn.DPN4_32()
+    assert params == round(model.count_params() / 1e6, 2)
+    assert gmacs == round(count_macs(model) / 1e9, 2)
+    assert tuple(map(int, shape.groups())) == model.output_shape[1:]
+    assert (round(params, 1), round(gmacs, 1)) == (0.7, 1.1)

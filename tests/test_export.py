@@ -18,10 +18,12 @@ import pytest
 
 import deploy_helpers as dh
 from fault_helpers import mount_tmpfs  # noqa: F401
-from keras_dpn import calibration, cli, export
-from keras_dpn.codec import HeatmapCodec
+from keras_dpn.deploy import calibration
+from keras_dpn.cli import main as cli
+from keras_dpn.deploy import export
+from keras_dpn.core.codec import HeatmapCodec
 from keras_dpn.models import MODELS
-from keras_dpn.transforms import normalize_image
+from keras_dpn.core.transforms import normalize_image
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ QUANTIZED_BOUNDS = {  # file: (relative error, |bias|, |gain - 1|, keypoints mov
 @pytest.mark.parametrize("name", sorted(QUANTIZED_BOUNDS))
 def test_quantized_files_error_bounds(exported, keras_heatmaps, name):
     """fp16 / int8 files through PoseEstimator against the float Keras model."""
-    from keras_dpn.inference import PoseEstimator
+    from keras_dpn.inference.estimator import PoseEstimator
     _, folder, crops = exported
     got = PoseEstimator(os.path.join(folder, name)).predict_heatmaps(crops)
     ref = keras_heatmaps
@@ -177,7 +179,7 @@ def test_int8_runtime_follows_the_tflite_quantization_formula(exported):
     q = clip(round(x / scale) + zero_point), real = scale * (q - zero_point)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from keras_dpn.inference import PoseEstimator
+    from keras_dpn.inference.estimator import PoseEstimator
     _, folder, crops = exported
     path = os.path.join(folder, "model_int8.tflite")
     interp = Interpreter(model_path=path)
@@ -301,11 +303,36 @@ def test_writers_table_covers_every_format():
     assert set(export.WRITERS) == set(export.FILE_NAMES)
 
 
+def test_plan_writes_nothing_and_write_export_writes_the_plan(exported, tmp_path):
+    """export_model's steps alone: plan_export checks and gathers (no file), write_export
+    writes exactly the planned formats."""
+    model, _, crops = exported
+    plan = export.plan_export(model, tmp_path / "e", formats=("tflite_int8",),
+                              representative_data=crops)
+    assert os.listdir(tmp_path) == []
+    assert (plan.input_size, plan.heatmap_size, plan.num_keypoints) == ((128, 96), (32, 24), 17)
+    assert plan.spec.name == "coco" and plan.formats == ("tflite_int8",)
+    assert plan.output_dir == os.path.abspath(tmp_path / "e") and plan.evaluation is None
+    # The int8 calibration set: the given crops, ImageNet-normalized (reference by hand).
+    expected = (crops / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(plan.calibration, expected, atol=1e-5)
+
+    plan = export.plan_export(model, tmp_path / "e", formats="onnx")
+    assert plan.calibration is None and os.listdir(tmp_path) == []
+    files = export.write_export(plan, verbose=False)
+    assert files == {"keras": str(tmp_path / "e" / "model.keras"),
+                     "onnx": str(tmp_path / "e" / "model.onnx")}
+    assert sorted(os.listdir(tmp_path / "e")) == ["metadata.json", "model.keras", "model.onnx"]
+    meta = json.load(open(tmp_path / "e" / "metadata.json"))
+    assert meta["files"] == {"keras": "model.keras", "onnx": "model.onnx"}
+    assert meta["input_size"] == [128, 96] and meta["num_keypoints"] == 17
+
+
 def test_default_calibration_ships_with_the_package():
     crops = calibration.default_crops((128, 96))
     assert crops.shape == (64, 128, 96, 3) and crops.dtype == np.uint8
     # The shipped mosaic holds the first 64 people (>= 5 keypoints) of the COCO
-    # sample, as `keras_dpn/assets/README.md` says (JPEG quality 90).
+    # sample, as `keras_dpn/core/assets/README.md` says (JPEG quality 90).
     source, _ = calibration.person_crops(dh.ANNOTATIONS, calibration.MOSAIC_CROP,
                                          max_people=64, min_keypoints=5)
     shipped = calibration.read_crop_mosaic()
@@ -354,7 +381,7 @@ def test_quantized_keypoint_error_trained(tmp_path, trained_tiny):
     files = export.export_model(model, tmp_path / "q", representative_data=crops,
                                 formats=("tflite_fp32", "tflite_fp16", "tflite_int8_dynamic",
                                          "tflite_int8"), verbose=False)
-    from keras_dpn.inference import PoseEstimator
+    from keras_dpn.inference.estimator import PoseEstimator
     crops = crops[:dh.TRAIN_PEOPLE]  # where the model has learned peaks
     x = normalize_image(crops)
     codec = HeatmapCodec((128, 96), (32, 24))
@@ -396,7 +423,7 @@ def test_qat_arguments_are_checked_before_any_work(exported, tmp_path, capsys):
 
 
 def test_qat_child_failure_is_one_line_with_its_log(exported, tmp_path, capsys, monkeypatch):
-    from keras_dpn import qat
+    from keras_dpn.deploy import qat
 
     # The real child, failing on its input: one line, the whole output in the log.
     log = tmp_path / "qat.log"
@@ -411,7 +438,7 @@ def test_qat_child_failure_is_one_line_with_its_log(exported, tmp_path, capsys, 
     # Through `keras-dpn export --qat`: one line, exit 1, nothing of the export left.
 
     def failing_child(model_path, out_path, *args, **kwargs):
-        raise qat.QATError(f"`python -m keras_dpn.qat --mode qat` failed (exit 1): ValueError: "
+        raise qat.QATError(f"`python -m keras_dpn.deploy.qat --mode qat` failed (exit 1): ValueError: "
                            f"x (its whole output: {kwargs['log_path']})")
 
     monkeypatch.setattr(qat, "run_subprocess", failing_child)
@@ -424,7 +451,8 @@ def test_qat_child_failure_is_one_line_with_its_log(exported, tmp_path, capsys, 
 
 _KILLED_EXPORT = """
 import os, sys
-from keras_dpn import cli, export
+from keras_dpn.cli import main as cli
+from keras_dpn.deploy import export
 def stop(model, path, opset=17):  # the keypoints file written, ONNX next: kill -9 here
     print("READY", flush=True)
     os.kill(os.getpid(), 9)

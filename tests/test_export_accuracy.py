@@ -1,11 +1,14 @@
-"""COCO AP of every exported file (`keras_dpn.export_eval`, `keras-dpn export --evaluate`).
+"""COCO AP of every exported file (`keras_dpn.deploy.export_eval`, `keras-dpn export --evaluate`).
 
 An untrained model scores AP 0 on the real labels, where every format
 "agrees". So the default-suite tests relabel sample images with the Keras
 model's own predictions: there the Keras model scores AP 1, and a file scores
 what it keeps of the Keras model (a file that decodes, crops or normalizes
-differently falls far below). The slow tests use a trained model on the real
-labels and run `benchmarks/export_accuracy.py`.
+differently falls far below). An error that every format shares, the Keras
+row included, is invisible here: `test_export_ground_truth.py` scores every
+format of a model that memorized the sample against the sample's real labels.
+The slow tests use a trained model on the real labels and run
+`benchmarks/export_accuracy.py`.
 """
 
 import json
@@ -17,7 +20,9 @@ import numpy as np
 import pytest
 
 import deploy_helpers as dh
-from keras_dpn import cli, export, export_eval
+from keras_dpn.cli import main as cli
+from keras_dpn.deploy import export
+from keras_dpn.deploy import export_eval
 
 IMAGES = os.path.join(dh.ROOT, "sample_data", "coco", "images")
 NUM_IMAGES = 10
@@ -26,10 +31,10 @@ NUM_IMAGES = 10
 def _self_labelled(model, path, num_images=NUM_IMAGES):
     """The sample's first images, each person's keypoints replaced by the model's prediction.
 
-    Boxes are the shard builder's (``_clean_person``), as the evaluation must use.
+    Boxes are the shard builder's (``clean_person``), as the evaluation must use.
     """
-    from keras_dpn.data.shards import SkipCounter, _clean_person
-    from keras_dpn.inference import PoseEstimator, read_image
+    from keras_dpn.data.shards import SkipCounter, clean_person
+    from keras_dpn.inference.estimator import PoseEstimator, read_image
     with open(dh.ANNOTATIONS) as f:
         coco = json.load(f)
     estimator = PoseEstimator(model)
@@ -41,7 +46,7 @@ def _self_labelled(model, path, num_images=NUM_IMAGES):
             continue
         pixels = read_image(os.path.join(IMAGES, image["file_name"]))
         h, w = pixels.shape[:2]
-        boxes = [_clean_person(dict(p, keypoints=np.asarray(p["keypoints"]).reshape(-1, 3)),
+        boxes = [clean_person(dict(p, keypoints=np.asarray(p["keypoints"]).reshape(-1, 3)),
                                h, w, SkipCounter(), "")["bbox"] for p in people]
         for person, found in zip(people, estimator.predict(pixels, boxes)):
             kp = np.asarray(found["keypoints"], np.float64).copy()
@@ -204,10 +209,10 @@ def test_script_end_to_end_on_a_trained_model(tmp_path, trained_tiny):
         assert abs(rows[fmt, False]["AP"] - keras_ap) <= 2e-3, rows[fmt, False]
     assert "| tflite_int8 | model_int8.tflite |" in proc.stdout
 
-    from keras_dpn import transforms
+    from keras_dpn.core import transforms
     from keras_dpn.data import build_coco_shards, build_dataset
     from keras_dpn.evaluation import COCOEvaluator, predict_coco
-    from keras_dpn.inference import read_image
+    from keras_dpn.inference.estimator import read_image
     build_coco_shards(dh.ANNOTATIONS, IMAGES, str(tmp_path / "shards" / "s"), 1, verbose=False,
                       progress=False)
     ds = build_dataset(str(tmp_path / "shards" / "s-*.tfrecord"), training=False, batch_size=32,

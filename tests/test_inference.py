@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import deploy_helpers as dh
-from keras_dpn.inference import PoseEstimator, boxes_from_detections, read_image
+from keras_dpn.inference.estimator import PoseEstimator, boxes_from_detections, read_image
 
 IMAGE = os.path.join(dh.ROOT, "sample_data", "coco", "images", "000000000785.jpg")
 DETECTIONS = os.path.join(dh.ROOT, "sample_data", "coco", "annotations",
@@ -25,7 +25,7 @@ def reference(exported):
 def test_package_import_stays_light():
     code = ("import sys, keras_dpn; keras_dpn.PoseEstimator; "
             "bad = [m for m in ('tf2onnx', 'onnxruntime', 'tensorflow_model_optimization', "
-            "'tf_keras', 'ai_edge_litert', 'keras_dpn.qat') if m in sys.modules]; "
+            "'tf_keras', 'ai_edge_litert', 'keras_dpn.deploy.qat') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=dh.ROOT)
@@ -122,7 +122,7 @@ def reference_flip_test(model, x):
 
 def test_flip_test_matches_the_reference(exported):
     """PoseEstimator's flip test: the reference's pair swap and one-pixel shift."""
-    from keras_dpn import transforms
+    from keras_dpn.core import transforms
     model, _, crops = exported
     x = transforms.normalize_image(crops[:2]).astype(np.float32)
     expected = reference_flip_test(model, x)

@@ -44,7 +44,7 @@ def test_non_editable_install_exports_int8_and_predicts(tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    where = _run([python, "-c", "import keras_dpn.assets as a, keras_dpn; "
+    where = _run([python, "-c", "import keras_dpn.core.assets as a, keras_dpn; "
                   "print(keras_dpn.__file__); print(a.SAMPLE_IMAGE)"], work).split()
     assert all(path.startswith(str(venv)) for path in where), where
     _run([bin_dir / "keras-dpn", "export", "DPN1_32", "--input-size", "128", "96",

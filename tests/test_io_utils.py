@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from keras_dpn import io_utils
+from keras_dpn.core import io_utils
 
 
 def _mode(path):

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 import keras_dpn
-from keras_dpn import cli, presets, visualize
-from keras_dpn.keypoints import COCO_17, KeypointSpec, get_keypoint_spec
+from keras_dpn.cli import main as cli
+from keras_dpn.hub import presets
+from keras_dpn.inference import visualize
+from keras_dpn.core.keypoints import COCO_17, KeypointSpec, get_keypoint_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY12 = os.path.join(REPO, "docs", "examples", "body12.json")
-IMAGE = os.path.join(REPO, "keras_dpn", "assets", "sample_person.jpg")
+IMAGE = os.path.join(REPO, "keras_dpn", "core", "assets", "sample_person.jpg")
 SHAPE = (64, 48, 3)
 
 
@@ -283,7 +285,7 @@ def test_build_script_help_does_not_start_tensorflow():
 
 
 def test_export_without_a_set_for_an_unknown_count_warns(tmp_path):
-    from keras_dpn import export
+    from keras_dpn.deploy import export
     model = keras_dpn.DPN1_32(input_shape=SHAPE, num_keypoints=5)
     with pytest.warns(UserWarning, match="predicts 5 keypoints and no keypoint set was given"):
         export.export_model(model, tmp_path / "k5", formats=("tflite_fp32",), verbose=False)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_dpn.keypoints import COCO_17, MPII_16, get_keypoint_spec, validate_num_keypoints
+from keras_dpn.core.keypoints import COCO_17, MPII_16, get_keypoint_spec, validate_num_keypoints
 
 # open-mmlab/mmpose configs/_base_/datasets/mpii.py (commit ba8cf337), `sigmas`,
 # "adapted from COCO", in mmpose's MPII joint order (the order of MPII_16.names).
@@ -54,7 +54,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 
-from keras_dpn.keypoints import (KeypointSpec, check_keypoint_count,  # noqa: E402
+from keras_dpn.core.keypoints import (KeypointSpec, check_keypoint_count,  # noqa: E402
                                  load_keypoint_spec)
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",

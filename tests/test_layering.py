@@ -38,11 +38,11 @@ def test_an_upward_import_breaks_the_contracts(tmp_path):
     common = tmp_path / "keras_dpn" / "models" / "common.py"
     text = common.read_text()
     assert "\nimport keras\n" in text
-    common.write_text(text.replace("\nimport keras\n", "\nimport keras\nimport keras_dpn.training\n", 1))
+    common.write_text(text.replace("\nimport keras\n", "\nimport keras\nimport keras_dpn.training.trainer\n", 1))
     code, out = _lint(tmp_path, extra_path=tmp_path)
     assert code != 0, out[-4000:]
-    assert "keras_dpn.models.common -> keras_dpn.training" in out, out[-4000:]
-    assert "Layers: each imports only the layers below it BROKEN" in out, out[-4000:]
+    assert "keras_dpn.models.common -> keras_dpn.training.trainer" in out, out[-4000:]
+    assert "Concerns: each folder imports only the folders below it BROKEN" in out, out[-4000:]
 
 
 def _circles(graph):
@@ -107,13 +107,13 @@ def test_circle_finder_sees_a_circle():
 def test_import_does_not_load_the_exporters():
     # A child process: this one has imported everything already.
     code = ("import sys, keras_dpn\n"
-            "print(sorted(m for m in ('keras_dpn.export', 'keras_dpn.calibration', "
-            "'keras_dpn.export_eval', 'keras_dpn.qat') if m in sys.modules))\n"
-            "print(keras_dpn.export.__name__, 'keras_dpn.calibration' in sys.modules)\n")
+            "print(sorted(m for m in ('keras_dpn.deploy.export', 'keras_dpn.deploy.calibration', "
+            "'keras_dpn.deploy.export_eval', 'keras_dpn.deploy.qat') if m in sys.modules))\n"
+            "print(keras_dpn.deploy.export.__name__, 'keras_dpn.deploy.calibration' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[-2:] == ["[]", "keras_dpn.export True"], done.stdout
+    assert done.stdout.splitlines()[-2:] == ["[]", "keras_dpn.deploy.export True"], done.stdout
 
 
 def test_public_api_is_listed():
@@ -124,3 +124,60 @@ def test_public_api_is_listed():
     for name in ("DPN4_32", "HRNetW32", "get_model", "MODELS", "PoseEstimator",
                  "build_dataset", "Trainer", "HeatmapCodec", "KeypointSpec", "JointsMSE"):
         assert name in keras_dpn.__all__
+
+
+def private_reaches(root):
+    """``file:line: name`` wherever a module of keras_dpn uses another module's private name.
+
+    A leading underscore marks what only its own module may use; a name another
+    module needs is public (and documented), so that an edit to a private name
+    never breaks a file that is not its own. Module aliases (``from keras_dpn.core
+    import optional as _optional``) are not private names.
+    """
+    import ast
+
+    def is_module(dotted):
+        base = root.joinpath(*dotted.split("."))
+        return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+    def private(name):
+        return name.startswith("_") and not name.startswith("__")
+
+    found = []
+    for path in sorted((root / "keras_dpn").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        where = path.relative_to(root)
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_dpn"):
+                for alias in node.names:
+                    if is_module(f"{node.module}.{alias.name}"):
+                        aliases.add(alias.asname or alias.name)
+                    elif private(alias.name):
+                        found.append(f"{where}:{node.lineno}: {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                aliases.update(a.asname for a in node.names
+                               if a.name.startswith("keras_dpn") and a.asname)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and private(node.attr)):
+                found.append(f"{where}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    assert private_reaches(REPO) == []
+
+
+def test_private_reaches_are_found(tmp_path):
+    package = tmp_path / "keras_dpn"
+    (package / "core").mkdir(parents=True)
+    for name in ("__init__.py", "core/__init__.py", "core/io_utils.py"):
+        (package / name).write_text("")
+    (package / "a.py").write_text(
+        "from keras_dpn.core import io_utils\n"
+        "from keras_dpn.core import io_utils as _io\n"
+        "from keras_dpn.core.io_utils import _hidden, public\n"
+        "io_utils._mode(1)\n_io.public()\nio_utils.__name__\n")
+    assert private_reaches(tmp_path) == [
+        "keras_dpn/a.py:3: keras_dpn.core.io_utils._hidden", "keras_dpn/a.py:4: io_utils._mode"]

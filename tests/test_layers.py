@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dpn.layers import (BasicBlock, Bottleneck, DilationPyramidModule,
+from keras_dpn.models.layers import (BasicBlock, Bottleneck, DilationPyramidModule,
                               dilation_rates)
 
 
@@ -121,7 +121,7 @@ def test_dpm_mixed_precision_dtype():
 def test_dpm_blocks_are_in_the_tensorflow_object_graph(tmp_path):
     import tensorflow as tf
 
-    from keras_dpn import weights as weights_lib
+    from keras_dpn.hub import weights as weights_lib
     model = keras.Sequential([keras.Input((8, 8, 16)),
                               DilationPyramidModule(4, num_blocks=3, name="dpm")])
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))

@@ -6,8 +6,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from keras_dpn.losses import JointsMSE
-from keras_dpn.metrics import HeatmapPCK
+from keras_dpn.training.losses import JointsMSE
+from keras_dpn.training.metrics import HeatmapPCK
 
 
 def reference_joints_mse(pred, target, weight, use_target_weight=True):

@@ -93,7 +93,7 @@ def test_fit_under_mixed_float16_scales_the_loss():
     keras.utils.set_random_seed(0)
     model = keras_dpn.DPN1_32(input_shape=(64, 48, 3), dtype="mixed_float16")
     # Eager: tracing the float16 step takes longer than the two steps run here.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras_dpn.losses.JointsMSE(),
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras_dpn.training.losses.JointsMSE(),
                   run_eagerly=True)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     rng = np.random.default_rng(1)

@@ -326,7 +326,7 @@ def test_head_starts_as_the_reference_unless_opted_out():
     limit = np.sqrt(6.0 / (128 + 17))  # fan_in 128 (DPM width 32 x 4), fan_out 17
     assert kernel.std() > 0.1 and np.abs(kernel).max() <= limit
     # The recipes' explicit re-initialization still works on any head.
-    from keras_dpn.training import reference_head_init
+    from keras_dpn.training.reproducibility import reference_head_init
     reference_head_init(glorot, seed=0)
     assert glorot.get_layer("heatmaps").get_weights()[0].std() < 0.0012
 
@@ -335,7 +335,7 @@ def test_coco_weights_not_released():
     with pytest.raises(ValueError, match=r"No release of `DPN4_32\.coco` is registered") as info:
         keras_dpn.DPN4_32(weights="coco")
     message = str(info.value)
-    assert "keras_dpn.weights.register(" in message and ".weights.h5" in message
+    assert "keras_dpn.hub.weights.register(" in message and ".weights.h5" in message
     with pytest.raises(ValueError, match=r"`HRNetW32\.mpii`"):
         keras_dpn.HRNetW32(weights="mpii")
 

@@ -155,9 +155,9 @@ def test_sample_ground_truth_through_pipeline_scores_100(gt, mpii_sample_shards)
 
 def test_mpii_callback_logs_pckh(gt, test_data_dir, mpii_sample_shards, tmp_path):
     import keras
-    from keras_dpn.callbacks import MPIIEvaluationCallback
+    from keras_dpn.training.callbacks import MPIIEvaluationCallback
     from keras_dpn.data import build_dataset
-    from keras_dpn.losses import JointsMSE
+    from keras_dpn.training.losses import JointsMSE
     kwargs = dict(dataset="mpii", batch_size=4, input_size=(64, 64), heatmap_size=(16, 16),
                   verbose=False)
     train = build_dataset(mpii_sample_shards, training=True, **kwargs)
@@ -182,9 +182,9 @@ def test_mpii_callback_logs_pckh(gt, test_data_dir, mpii_sample_shards, tmp_path
 def test_mpii_callback_stops_training_on_non_finite_predictions(test_data_dir, tmp_path):
     import keras
     import tensorflow as tf
-    from keras_dpn.callbacks import MPIIEvaluationCallback
-    from keras_dpn.losses import JointsMSE
-    from keras_dpn.training import TrainingDivergedError
+    from keras_dpn.training.callbacks import MPIIEvaluationCallback
+    from keras_dpn.training.losses import JointsMSE
+    from keras_dpn.training.trainer import TrainingDivergedError
     n = 4
     images = np.zeros((n, 64, 64, 3), "float32")
     meta = {"image_id": np.array([11, 12, 13, 14], np.int64), "person_id": np.arange(n),

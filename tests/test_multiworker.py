@@ -1,7 +1,7 @@
 """Two-worker MultiWorkerMirroredStrategy training on 127.0.0.1.
 
 Keras 3 ``model.fit`` fails under ``MultiWorkerMirroredStrategy``
-(keras-team/keras#20585), so ``keras_dpn.training.Trainer`` runs its custom
+(keras-team/keras#20585), so ``keras_dpn.training.trainer.Trainer`` runs its custom
 loop there. This test starts two real worker processes (each with its own
 ``TF_CONFIG``), trains a tiny DPN for a few steps on synthetic data and checks
 that both workers end with identical weights that differ from the start,
@@ -44,7 +44,7 @@ def _worker(out_dir, epochs):
     import tensorflow as tf
 
     import keras_dpn
-    from keras_dpn import training
+    from keras_dpn.training import trainer as training
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     # First TF call of the process: collective ops must be configured before

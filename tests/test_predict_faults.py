@@ -16,8 +16,8 @@ import pytest
 
 import deploy_helpers as dh
 import synthetic_pose as sp
-from keras_dpn import cli
-from keras_dpn.inference import PoseEstimator, read_image
+from keras_dpn.cli import main as cli
+from keras_dpn.inference.estimator import PoseEstimator, read_image
 
 IMAGE = os.path.join(dh.ROOT, "sample_data", "coco", "images", "000000000785.jpg")
 # FFmpeg's own lines: "[mpeg4 @ 0x55...] ..." (default) or "[OPENCV:FFMPEG:16] ..." (logged
@@ -56,7 +56,7 @@ def test_thresholds_must_be_in_0_1(option, value, capsys, tmp_path):
 
 
 def test_library_score_thresholds_are_checked(tmp_path):
-    from keras_dpn.detectors import DetectionFile
+    from keras_dpn.inference.detectors import DetectionFile
     for value in (float("nan"), -1, 2.0, "x"):
         with pytest.raises(ValueError, match=r"`score_threshold` must be a number in \[0, 1\]"):
             DetectionFile([], value)
@@ -166,7 +166,7 @@ def test_output_in_the_way_or_read_only(tmp_path, capsys, monkeypatch):
 
 
 def test_write_failure_after_inference_is_one_line(dots_keras, tmp_path, capsys, monkeypatch):
-    import keras_dpn.io_utils as io_utils
+    import keras_dpn.core.io_utils as io_utils
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -213,7 +213,7 @@ def test_damaged_video_prints_no_ffmpeg_log(dots_keras, tmp_path):
         capture_output=True, text=True, env=env, timeout=120)
     assert sum(bool(FFMPEG_LINE.match(line)) for line in control.stderr.splitlines()) >= 1
     proc = subprocess.run(
-        [sys.executable, "-m", "keras_dpn.cli", "predict", video, "--model", dots_keras,
+        [sys.executable, "-m", "keras_dpn.cli.main", "predict", video, "--model", dots_keras,
          "--out", str(tmp_path / "o.mp4")],
         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     lines = proc.stderr.splitlines()
@@ -241,8 +241,8 @@ with io_utils.atomic_path(sys.argv[2]) as video, io_utils.atomic_file(sys.argv[3
 def test_rerun_removes_leftovers_of_a_killed_video_run(tmp_path):
     """kill -9 during a video predict leaves hidden .partial-* files; the next run
     of the same target removes them (another target's stay)."""
-    import keras_dpn.io_utils as io_utils
-    from keras_dpn.video import predict_video
+    import keras_dpn.core.io_utils as io_utils
+    from keras_dpn.inference.video import predict_video
     out, jsonl = tmp_path / "out" / "pose.mp4", tmp_path / "out" / "pose.jsonl"
     out.parent.mkdir()
     other = tmp_path / "out" / ".other.partial-abcd1234.mp4"

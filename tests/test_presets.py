@@ -17,8 +17,8 @@ import pytest
 
 import keras_dpn
 from download_helpers import _isolated_always, isolated, serve, sha256, tree  # noqa: F401
-from keras_dpn import presets
-from keras_dpn import weights as weights_lib
+from keras_dpn.hub import presets
+from keras_dpn.hub import weights as weights_lib
 
 SHAPE = (64, 48, 3)
 
@@ -335,7 +335,7 @@ def test_http_url_without_sha256_needs_an_opt_in(made, isolated, monkeypatch):
 
 
 def test_export_allow_unverified_flag(made, tmp_path, monkeypatch, capsys):
-    from keras_dpn import cli
+    from keras_dpn.cli import main as cli
 
     monkeypatch.setenv(presets.ALLOW_UNVERIFIED_ENV, "0")  # restored after the test
     with serve(made["root"]) as url:

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import keras
 import numpy as np
@@ -18,8 +17,11 @@ import pytest
 import keras_dpn
 from download_helpers import _isolated_always, isolated, serve, sha256, tree  # noqa: F401
 from fault_helpers import mount_tmpfs  # noqa: F401
-from keras_dpn import cli, presets, publish
-from keras_dpn import weights as weights_lib
+from keras_dpn.cli import main as cli
+from keras_dpn.hub import presets
+from keras_dpn.hub import publish
+from keras_dpn.hub import weights as weights_lib
+from repo_scripts import load_script
 
 SHAPE = (64, 48, 3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +34,7 @@ def run(tmp_path_factory):
     """A finished tiny Trainer run: ``(run folder, reference model with its best weights)``."""
     import tensorflow as tf
 
-    from keras_dpn.training import Trainer
+    from keras_dpn.training.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     rng = np.random.default_rng(0)
@@ -87,7 +89,7 @@ def test_publish_serve_register_load_by_tag_predict(run, tmp_path, isolated, cap
     assert sorted(os.listdir(out_dir)) == ["tiny_synthetic", "tiny_synthetic.registry.json",
                                            "tiny_synthetic.tar.gz"]
     digest = sha256(out_dir / "tiny_synthetic.tar.gz")
-    assert f"sha256   {digest}" in printed and "keras_dpn.weights.register(" in printed
+    assert f"sha256   {digest}" in printed and "keras_dpn.hub.weights.register(" in printed
     assert "url='https://YOUR-HOST/tiny_synthetic.tar.gz'" in printed
     # The run's best weights, without the optimizer state its file also holds.
     import h5py
@@ -133,7 +135,7 @@ def test_publish_reads_the_export_folder_and_its_table(run, tmp_path):
         "input_size": [64, 48], "num_keypoints": 17, "keypoints": {"name": "coco"},
         "files": {"tflite_fp32": "model_fp32.tflite"}}))
     # The report `keras-dpn export --evaluate` writes (export_eval.write_report).
-    from keras_dpn import export_eval
+    from keras_dpn.deploy import export_eval
     export_eval.write_report(
         str(export / "accuracy.json"),
         [{"format": "keras", "file": "(in memory)", "flip_test": False, "AP": 0.26},
@@ -141,7 +143,7 @@ def test_publish_reads_the_export_folder_and_its_table(run, tmp_path):
           "flip_test": False, "AP": 0.25, "ap_drop": 0.01},
          {"format": "tflite_int8", "file": "model_int8.tflite", "flip_test": False,
           "error": "broken"}],
-        export_eval.EvaluationSet("ann.json", "images", keras_dpn.keypoints.COCO_17, [], [],
+        export_eval.EvaluationSet("ann.json", "images", keras_dpn.core.keypoints.COCO_17, [], [],
                                   "ground truth"))
     result = publish.publish_run(run_dir, "with_export", out_dir=tmp_path / "out")
     preset = presets.get_preset(result["preset"])
@@ -233,11 +235,7 @@ def test_bad_name_and_existing_release(run, tmp_path):
 def test_recipe_run_to_release_on_the_sample(tmp_path, isolated):
     """The recipe on the sample (tiny model, one short epoch, COCO AP, fp32 TFLite export)
     -> publish -> served archive -> register -> load by tag -> same keypoints."""
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import train_coco
-    finally:
-        sys.path.pop(0)
+    train_coco = load_script("recipes/train_coco.py")
     run_dir = tmp_path / "run"
     rc = train_coco.main(["--model", "DPN1_32", "--input-size", "64", "48", "--epochs", "1",
                           "--steps-per-epoch", "3", "--batch-size", "4", "--no-mixed-precision",

@@ -1,8 +1,8 @@
 """QAT and pruning (tfmot, in a subprocess) ending in batch-1 full-integer TFLite files.
 
 tfmot switches tf.keras to tf_keras for the whole process, so nothing here
-imports keras_dpn.qat's training code in the test process: everything goes
-through ``python -m keras_dpn.qat``.
+imports keras_dpn.deploy.qat's training code in the test process: everything goes
+through ``python -m keras_dpn.deploy.qat``.
 """
 
 import gzip
@@ -19,7 +19,7 @@ import deploy_helpers as dh
 def test_cli_validates_arguments(tmp_path, capsys):
     # Validation happens before TensorFlow / tfmot are imported, so calling
     # main() in this process is safe.
-    from keras_dpn import qat
+    from keras_dpn.deploy import qat
     with pytest.raises(SystemExit) as info:
         qat.main(["--model", "m.keras", "--out", str(tmp_path / "x.txt")])
     assert info.value.code == 2
@@ -34,7 +34,7 @@ def test_plan_refuses_a_model_that_is_not_one_path():
     # The rebuild reads the layers in order; a branch would be dropped silently.
     import keras
 
-    from keras_dpn import qat
+    from keras_dpn.deploy import qat
     inputs = keras.Input((8, 8, 3))
     a = keras.layers.Conv2D(4, 1, name="a")(inputs)
     b = keras.layers.Conv2D(4, 1, name="b")(inputs)
@@ -45,7 +45,7 @@ def test_plan_refuses_a_model_that_is_not_one_path():
 
 def test_plan_expands_every_dpm_block():
     import keras_dpn
-    from keras_dpn import qat
+    from keras_dpn.deploy import qat
     steps = qat._plan(keras_dpn.DPN2_32(input_shape=(64, 48, 3)))
     convs = [cfg["name"] for kind, cfg, _ in steps if kind == "conv"]
     # stem, 3 + 1 projection in conv1, conv2_0, 2 DPMs x 6 blocks x 3, head.
@@ -55,7 +55,7 @@ def test_plan_expands_every_dpm_block():
 
 
 def test_run_subprocess_rejects_mode():
-    from keras_dpn import qat
+    from keras_dpn.deploy import qat
     with pytest.raises(ValueError, match="mode"):
         qat.run_subprocess("m.keras", "o.tflite", mode="distill")
 
@@ -63,10 +63,10 @@ def test_run_subprocess_rejects_mode():
 @pytest.mark.slow
 def test_qat_and_pruning_trained(tmp_path, trained_tiny):
     """Keypoint error of QAT / pruned int8 against Keras on a briefly trained model."""
-    from keras_dpn import export
-    from keras_dpn.codec import HeatmapCodec
-    from keras_dpn.inference import PoseEstimator
-    from keras_dpn.transforms import normalize_image
+    from keras_dpn.deploy import export
+    from keras_dpn.core.codec import HeatmapCodec
+    from keras_dpn.inference.estimator import PoseEstimator
+    from keras_dpn.core.transforms import normalize_image
     model, _ = trained_tiny
     crops, _, _, _ = dh.sample_training_set()
     files = export.export_model(model, tmp_path / "q", formats=("tflite_int8",),

@@ -1,4 +1,4 @@
-"""`keras-dpn train` (keras_dpn/train_command.py) and its wrappers recipes/train_coco.py and
+"""`keras-dpn train` (keras_dpn/cli/train.py) and its wrappers recipes/train_coco.py and
 train_mpii.py: end to end on the sample, resume, bad input.
 
 The default-suite runs use a tiny variant (DPN1_32 at 64x48) through the real
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from keras_dpn import train_command
+from keras_dpn.cli import train as train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +88,7 @@ def test_sample_run_defaults_and_export_formats(tmp_path):
     assert real.flip_test is True and real.export_formats is None and real.epochs == 140
     assert not os.path.exists(out)
     # --help lists the export formats without importing TensorFlow; keep them equal.
-    from keras_dpn import export
+    from keras_dpn.deploy import export
     assert train_command.EXPORT_FORMATS == tuple(export.FORMATS)
     for argv, expected in ((["--export-formats", "none"], ()), (["--export-formats"], ()),
                            (["--export-formats", "all"], None),

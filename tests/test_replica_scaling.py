@@ -38,8 +38,8 @@ class PlainSGD(keras.optimizers.SGD):
 
 
 keras.optimizers.Adam = PlainSGD
-from keras_dpn import training
-from keras_dpn.losses import JointsMSE
+from keras_dpn.training import trainer as training
+from keras_dpn.training.losses import JointsMSE
 
 rng = np.random.default_rng(0)
 images = rng.normal(size=(8, 16, 16, 3)).astype("float32")

@@ -1,4 +1,4 @@
-"""One run per run folder (keras_dpn.run_folder): the lock, the --resume settings check,
+"""One run per run folder (keras_dpn.training.run_folder): the lock, the --resume settings check,
 deterministic resume, and a run folder that cannot be written (full disk).
 
 Issue 19 item 1: two trainings into one folder mixed their files; a resume
@@ -22,8 +22,10 @@ import tensorflow as tf
 
 import keras_dpn
 from fault_helpers import unmount
-from keras_dpn import publish, run_folder, training
-from keras_dpn.training import RunFolderWriteError, Trainer
+from keras_dpn.hub import publish
+from keras_dpn.training import run_folder
+from keras_dpn.training import trainer as training
+from keras_dpn.training.trainer import RunFolderWriteError, Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "run_folder_child.py")
@@ -340,7 +342,7 @@ def test_person_crops_resume_at_their_epoch(tmp_path, sample_dir):
 
 def test_train_command_exits_3_when_the_loss_diverges(tmp_path, capsys):
     """An absurd learning rate: one error line, exit status 3, no checkpoint, no lock."""
-    from keras_dpn import train_command
+    from keras_dpn.cli import train as train_command
     shards = str(tmp_path / "shards")
     train_command.sample_shards("coco", shards)
     out = str(tmp_path / "run")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from fault_helpers import mount_tmpfs  # noqa: F401
 from keras_dpn import data
 from keras_dpn.data import shards as shards_lib
+from repo_scripts import load_script
 
 
 def _records(path):
@@ -525,11 +526,7 @@ def test_coco_scale_simulation_has_the_requested_size(tmp_path, sample_dir):
     """benchmarks/coco_scale.py's COCO-sized files, at 1/200 of the size: the counts
     asked for, every people-carrying image a copy of a sample image, readable by the
     builder's reader."""
-    sys.path.insert(0, str(sample_dir.parent / "benchmarks"))
-    try:
-        import coco_scale
-    finally:
-        sys.path.pop(0)
+    coco_scale = load_script("benchmarks/coco_scale.py")
     ann = tmp_path / "train.json"
     images, people, mapping = coco_scale.make_annotations(str(ann), 592, 750)
     assert images == 592 and 750 <= people < 750 + 10  # whole sample images are added

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import synthetic_pose as sp
-from keras_dpn.tracking import (DEFAULT_SMOOTHING, OneEuroFilter, PoseTracker,
+from keras_dpn.inference.tracking import (DEFAULT_SMOOTHING, OneEuroFilter, PoseTracker,
                                 box_from_keypoints, keypoint_similarity)
 
 

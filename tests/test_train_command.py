@@ -35,10 +35,10 @@ def _example_script():
 
 
 def _command(args, cwd, timeout=900):
-    """`python -m keras_dpn.cli ...` in a child process (as the console script runs it)."""
+    """`python -m keras_dpn.cli.main ...` in a child process (as the console script runs it)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, "-m", "keras_dpn.cli", *map(str, args)], cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "keras_dpn.cli.main", *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
     return proc.stdout
@@ -59,8 +59,9 @@ def _make_set(tmp_path, name="arms5", joints=ARMS5):
 
 def test_custom_set_survives_train_export_predict_publish(tmp_path):
     import keras_dpn
-    from keras_dpn import cli, data
-    from keras_dpn.keypoints import KeypointSpec
+    from keras_dpn import data
+    from keras_dpn.cli import main as cli
+    from keras_dpn.core.keypoints import KeypointSpec
 
     spec_file, written, ann = _make_set(tmp_path)
     assert written["flip_pairs"] == [[0, 3], [1, 4]]  # joint 2 unpaired: asymmetric
@@ -94,7 +95,7 @@ def test_custom_set_survives_train_export_predict_publish(tmp_path):
 
     # predict: the exported file brings its own set (no --keypoints).
     out = tmp_path / "pose.png"
-    assert cli.main(["predict", keras_dpn.assets.SAMPLE_IMAGE, "--model",
+    assert cli.main(["predict", keras_dpn.core.assets.SAMPLE_IMAGE, "--model",
                      str(run / "export" / "model_fp32.tflite"), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
 
@@ -111,7 +112,8 @@ def test_custom_set_survives_train_export_predict_publish(tmp_path):
 
 def test_keypoint_set_must_match_the_shards(tmp_path, capsys):
     """--keypoints of another set than the shards': one line, before training."""
-    from keras_dpn import data, train_command
+    from keras_dpn import data
+    from keras_dpn.cli import train as train_command
     spec_file, _, ann = _make_set(tmp_path)
     data.build_coco_shards(str(ann), SAMPLE_IMAGES, str(tmp_path / "shards" / "arms5"), 1,
                            dataset=str(spec_file), num_workers=1, progress=False,
@@ -138,7 +140,7 @@ def test_keypoint_set_must_match_the_shards(tmp_path, capsys):
 
 def test_presets_choose_defaults(tmp_path):
     """keras-dpn train: the run preset from the data flags, and --preset."""
-    from keras_dpn import train_command as tc
+    from keras_dpn.cli import train as tc
 
     def resolve(argv):
         args = tc.build_parser(None).parse_args(argv + ["--output", str(tmp_path / "r")])
@@ -167,11 +169,12 @@ def test_presets_choose_defaults(tmp_path):
 def test_history_csv_counts_epochs_from_1(tmp_path):
     """history.csv numbers epochs as the log and best.json do (from 1); a 0.1 run's file
     (from 0) is renumbered when that run is resumed, and publish reads both."""
-    from keras_dpn import publish, training
+    from keras_dpn.hub import publish
+    from keras_dpn.training import run_callbacks
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_AP\n0,0.5,0.1\n1,0.4,0.2\n2,0.3,\n")  # 0.1, killed in 3
     assert publish._last_evaluation(str(tmp_path))[0] == 2  # 1-based: the 2nd epoch
-    history = training._HistoryCSV(str(path), initial_epoch=2)  # resumed after 2 epochs
+    history = run_callbacks.HistoryCSV(str(path), initial_epoch=2)  # resumed after 2 epochs
     history.on_epoch_end(2, {"loss": 0.25, "val_AP": 0.3})
     lines = path.read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["epoch", "1", "2", "3"]
@@ -218,13 +221,13 @@ def test_wheel_trains_the_sample_without_a_checkout(tmp_path):
     import zipfile
     venv, wheel, call = _venv_with_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
-    assert "keras_dpn/assets/sample_data/coco/annotations/person_keypoints_sample.json" in names
-    assert sum(n.startswith("keras_dpn/assets/sample_data/coco/images/") for n in names) == \
+    assert "keras_dpn/core/assets/sample_data/coco/annotations/person_keypoints_sample.json" in names
+    assert sum(n.startswith("keras_dpn/core/assets/sample_data/coco/images/") for n in names) == \
         len(os.listdir(SAMPLE_IMAGES))
 
     work = tmp_path / "work"
     work.mkdir()
-    where = call([venv / "bin" / "python", "-c", "import keras_dpn.train_command as t; "
+    where = call([venv / "bin" / "python", "-c", "import keras_dpn.cli.train as t; "
                   "print(t.__file__); print(t.REPO)"], work).split()
     assert where[0].startswith(str(venv)) and where[1] == "None", where
     printed = call([venv / "bin" / "keras-dpn", "train", "--model", "DPN1_32", "--epochs", "1",
@@ -256,7 +259,7 @@ def worked_example(folder, train_flags=WORKED_EXAMPLE_TRAIN, model="DPN4_32", si
         assert proc.returncode == 0, (cmd, proc.stdout[-3000:], proc.stderr[-3000:])
         return proc.stdout
 
-    py, cli = sys.executable, [sys.executable, "-m", "keras_dpn.cli"]
+    py, cli = sys.executable, [sys.executable, "-m", "keras_dpn.cli.main"]
     sh(py, os.path.join(REPO, "docs", "examples", "make_keypoint_subset.py"), "--out", "work")
     spec_file, ann = "work/body12_keypoints.json", "work/body12_annotations.json"
     sh(py, os.path.join(REPO, "tfrecords", "build_coco.py"), "--annotations", ann, "--images",
@@ -289,8 +292,9 @@ def check_worked_example(paths, model="DPN4_32", input_shape=(128, 96, 3)):
     import numpy as np
 
     import keras_dpn
-    from keras_dpn import visualize, weights
-    from keras_dpn.keypoints import KeypointSpec
+    from keras_dpn.inference import visualize
+    from keras_dpn.hub import weights
+    from keras_dpn.core.keypoints import KeypointSpec
 
     written = json.loads(open(paths["spec_file"]).read())
     spec = KeypointSpec.from_dict(written)
@@ -319,7 +323,7 @@ def check_worked_example(paths, model="DPN4_32", input_shape=(128, 96, 3)):
     estimator = keras_dpn.PoseEstimator.from_preset(f"{entry.arch}.{entry.tag}")
     assert estimator.spec == spec and entry.tag == "body12"
     people = estimator.predict(paths["image"], boxes=boxes)
-    image = keras_dpn.inference.read_image(paths["image"])
+    image = keras_dpn.inference.estimator.read_image(paths["image"])
     own = visualize.draw_skeleton(image, people, spec=estimator.spec)
     coco_limbs = visualize.draw_skeleton(image, people, spec=dataclass_replace(
         estimator.spec, skeleton=((0, 1),), colors=()))

@@ -1,4 +1,4 @@
-"""keras_dpn.training: schedule, strategies, checkpoint/resume, NaN guard, best model.
+"""keras_dpn.training.trainer: schedule, strategies, checkpoint/resume, NaN guard, best model.
 
 A tiny DPN (one DPM, 32x32 input, 3 joints) on synthetic data keeps each
 training run to a few seconds on two CPU cores.
@@ -15,9 +15,10 @@ import tensorflow as tf
 
 import keras_dpn
 from fault_helpers import snapshot
-from keras_dpn import training
-from keras_dpn.training import (ArchitectureMismatchError, EpochPiecewiseSchedule, Trainer,
-                                TrainingDivergedError)
+from keras_dpn.training import trainer as training
+from keras_dpn.training.checkpoints import ArchitectureMismatchError
+from keras_dpn.training.schedules import EpochPiecewiseSchedule
+from keras_dpn.training.trainer import Trainer, TrainingDivergedError
 
 STEPS = 2
 
@@ -216,7 +217,8 @@ def test_checkpoint_of_the_flat_list_layout_still_resumes(tmp_path):
         if name.startswith("ckpt-") or name == "checkpoint":
             os.remove(os.path.join(ckpt_dir, name))
     legacy = tf.train.Checkpoint(weights=list(first.model.weights), optimizer=first.optimizer,
-                                 epoch=first._epoch_var, best=first._best_var)
+                                 epoch=first.checkpoints.epoch_var,
+                                 best=first.checkpoints.best_var)
     tf.train.CheckpointManager(legacy, ckpt_dir, max_to_keep=3).save(checkpoint_number=1)
     assert any(n.startswith("weights/") for n, _ in
                tf.train.list_variables(tf.train.latest_checkpoint(ckpt_dir)))

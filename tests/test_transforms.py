@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dpn import transforms as T
+from keras_dpn.core import transforms as T
 
 
 def reference_affine(center, scale, rot, output_size_hw, inv=False):

@@ -8,8 +8,8 @@ import pytest
 
 import deploy_helpers as dh
 import synthetic_pose as sp
-from keras_dpn import cli
-from keras_dpn.video import VideoSource, predict_video
+from keras_dpn.cli import main as cli
+from keras_dpn.inference.video import VideoSource, predict_video
 
 SAMPLE_VIDEO = os.path.join(dh.ROOT, "sample_data", "video", "basketball_426x240_40frames.mp4")
 SHAPE = (360, 320)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import deploy_helpers as dh
-from keras_dpn import COCO_17, MPII_16, cli, visualize
+from keras_dpn import COCO_17, MPII_16
+from keras_dpn.cli import main as cli
+from keras_dpn.inference import visualize
 
 IMAGE = os.path.join(dh.ROOT, "sample_data", "coco", "images", "000000000785.jpg")
 DETECTIONS = os.path.join(dh.ROOT, "sample_data", "coco", "annotations",
@@ -132,7 +134,7 @@ def test_cli_export_refuses_existing(exported, tmp_path, capsys):
 def test_plot_history_draws_loss_and_metric(tmp_path):
     import cv2
 
-    from keras_dpn import visualize
+    from keras_dpn.inference import visualize
     csv_path = tmp_path / "history.csv"
     csv_path.write_text("epoch,loss,lr,val_AP\n0,0.02,0.001,0.0\n1,0.01,0.001,0.25\n"
                         "2,0.005,0.001,\n")
@@ -144,7 +146,7 @@ def test_plot_history_draws_loss_and_metric(tmp_path):
 
 
 def test_plot_history_bad_input(tmp_path):
-    from keras_dpn import visualize
+    from keras_dpn.inference import visualize
     with pytest.raises(ValueError, match="No training history"):
         visualize.plot_history(str(tmp_path / "missing.csv"), str(tmp_path / "c.png"))
     empty = tmp_path / "empty.csv"

@@ -15,7 +15,7 @@ import pytest
 import keras_dpn
 from download_helpers import closed_port as _closed_port
 from download_helpers import _isolated_always, isolated, serve, sha256  # noqa: F401
-from keras_dpn import weights as weights_lib
+from keras_dpn.hub import weights as weights_lib
 
 SHAPE = (64, 48, 3)
 # Taken at import, before the autouse fixture swaps in an empty registry.
@@ -97,7 +97,7 @@ def test_coco_without_release_is_a_clear_error():
         keras_dpn.DPN4_32(weights="coco")
     message = str(info.value)
     assert "No release of `DPN4_32.coco` is registered" in message
-    assert "keras_dpn.weights.register('DPN4_32', 'coco', url=" in message
+    assert "keras_dpn.hub.weights.register('DPN4_32', 'coco', url=" in message
     assert "or of a preset" in message
     assert "Received: weights='coco'" in message
 

@@ -32,7 +32,7 @@ def subset_spec(name, joints, names=None):
     A flip pair or limb is kept when both of its joints are; a joint whose
     mirror image is left out has no flip partner.
     """
-    from keras_dpn.keypoints import COCO_17, KeypointSpec
+    from keras_dpn.core.keypoints import COCO_17, KeypointSpec
     new = {old: i for i, old in enumerate(joints)}
 
     def pairs(old_pairs):
@@ -85,8 +85,8 @@ def main(argv=None):
     if not os.path.isfile(args.annotations):
         p.error(f"--annotations is not a file. Received: {args.annotations!r}")
 
-    from keras_dpn import io_utils
-    from keras_dpn.keypoints import save_keypoint_spec
+    from keras_dpn.core import io_utils
+    from keras_dpn.core.keypoints import save_keypoint_spec
     spec = subset_spec(args.name, args.joints, args.names)
     with open(args.annotations) as f:
         coco = json.load(f)
@@ -103,6 +103,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

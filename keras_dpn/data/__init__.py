@@ -1,7 +1,9 @@
 """COCO / MPII TFRecord shards and the top-down tf.data input pipeline.
 
 Modules: ``coco`` / ``mpii`` (annotation readers and checks), ``shards``
-(parallel, atomic shard writer with skip counts), ``decoder`` (record layout,
+(parallel, atomic shard writer with skip counts), ``augment`` (the training
+augmentation: :class:`AugmentConfig`, its rule and its TensorFlow and numpy
+executors), ``decoder`` (record layout,
 ``tf.train.Example`` -> dict of tensors), ``parser`` (per-person train / eval
 transforms), ``pipeline`` (``build_dataset``, shard checks); those three need
 TensorFlow. ``crops`` (:class:`PersonCrops`) reads the annotation file and the
@@ -23,7 +25,8 @@ Example (the bundled sample; shards in a temporary folder):
 (TensorShape([8, 64, 48, 3]), TensorShape([8, 16, 12, 17]), TensorShape([8, 17]))
 """
 
-from keras_dpn import _optional
+from keras_dpn.core import optional as _optional
+from keras_dpn.data.augment import AugmentConfig
 from keras_dpn.data.coco import build_coco_shards, read_coco
 from keras_dpn.data.crops import PersonCrops
 from keras_dpn.data.mpii import build_mpii_shards, read_mpii
@@ -34,6 +37,6 @@ from keras_dpn.data.shards import SkipCounter, format_report, write_shards
 __getattr__, _LAZY = _optional.lazy_exports(__name__, {
     "decoder": ("decode_example", "make_example"),
     "parser": ("PersonParser",),
-    "pipeline": ("build_dataset", "check_shards", "load_detections", "resolve_shards",
-                 "shard_keypoint_spec"),
+    "pipeline": ("Detections", "PipelineOptions", "build_dataset", "check_shards",
+                 "load_detections", "resolve_shards", "shard_keypoint_spec"),
 })

@@ -5,26 +5,35 @@ scripts load this file on its own, so ``--help`` and argument errors come
 without Keras' and TensorFlow's start-up (seconds, and log lines).
 """
 
-import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors in one line, as ``keras_dpn._cli_errors.ArgumentParser`` (not imported:
-    this file is loaded without the package, see the module docstring)."""
-
-    def error(self, message):
-        message = " ".join(str(message).split())
-        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(PACKAGE_DIR)
 SAMPLE = os.path.join(REPO, "sample_data")
+
+
+def _one_line_error_parser():
+    """``keras_dpn.core.errors.ArgumentParser`` (one-line usage errors).
+
+    The scripts load this file without the package (see the module docstring):
+    then core/errors.py, which needs only the standard library, is loaded the
+    same way.
+    """
+    if "keras_dpn" in sys.modules:
+        from keras_dpn.core.errors import ArgumentParser
+        return ArgumentParser
+    import importlib.util
+    loader = importlib.util.spec_from_file_location(
+        "keras_dpn_cli_errors", os.path.join(PACKAGE_DIR, "core", "errors.py"))
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.ArgumentParser
 
 
 def load_spec(value):
     """``coco`` / ``mpii``, or a keypoint-set json file (docs/keypoints.md)."""
-    from keras_dpn.keypoints import get_keypoint_spec
+    from keras_dpn.core.keypoints import get_keypoint_spec
     return get_keypoint_spec(value)
 
 
@@ -35,7 +44,7 @@ def _parser(kind):
         "mpii": (os.path.join(SAMPLE, "mpii", "valid_sample.json"),
                  os.path.join(SAMPLE, "mpii", "images"), "tfrecords/sample/mpii_sample", 1),
     }[kind]
-    p = _OneLineErrorParser(
+    p = _one_line_error_parser()(
         description=f"Build {kind.upper()} TFRecord shards (one record per image with all its "
                     "people). With no arguments, builds the bundled sample.")
     p.add_argument("--annotations", default=defaults[0],

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from keras_dpn.data.shards import SkipCounter, build_from_reader
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core.keypoints import get_keypoint_spec
 
 
 def load_json(path, what="annotation file"):

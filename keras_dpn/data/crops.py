@@ -6,18 +6,20 @@ TFRecord shards, so that ``model.fit`` and the evaluation callbacks work on
 any Keras backend (JAX, PyTorch) without TensorFlow installed:
 
 * ``training=True``: ``(images, heatmaps, target_weight)`` with the HRNet
-  reference augmentation drawn with numpy (half body, scale +-30%, rotation
-  ``clip(N(0, 40), -80, 80)`` with probability 0.6, horizontal flip), one
-  ``cv2.warpAffine`` per person, Gaussian targets from
-  :class:`keras_dpn.codec.HeatmapCodec`;
+  reference augmentation of :mod:`keras_dpn.data.augment` (half body, scale
+  +-30%, rotation ``clip(N(0, 40), -80, 80)`` with probability 0.6,
+  horizontal flip) drawn by its numpy executor, one ``cv2.warpAffine`` per
+  person, Gaussian targets from
+  :class:`keras_dpn.core.codec.HeatmapCodec`;
 * ``training=False``: ``(images, meta)`` of the unaugmented ground-truth-box
   crops, in a fixed order, for :class:`keras_dpn.COCOEvaluationCallback`
   and :func:`keras_dpn.evaluation.predict_coco`.
 
-The rules are the reference's, as in :class:`keras_dpn.data.PersonParser`;
-the random draws are not the same numbers (numpy here, TF stateless ops
-there). Each batch decodes its images from disk: the TFRecord pipeline (which
-decodes only the crop windows) is the fast path for large runs.
+The rule is the one :class:`keras_dpn.data.PersonParser` runs (written once
+in :mod:`keras_dpn.data.augment`); the random draws are not the same numbers
+(numpy here, TF stateless ops there). Each batch decodes its images from
+disk: the TFRecord pipeline (which decodes only the crop windows) is the fast
+path for large runs.
 
 Example:
 >>> crops = PersonCrops("sample_data/coco/annotations/person_keypoints_sample.json",
@@ -32,9 +34,10 @@ import cv2
 import keras
 import numpy as np
 
-from keras_dpn import transforms
-from keras_dpn.codec import HeatmapCodec
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core import transforms
+from keras_dpn.core.codec import HeatmapCodec
+from keras_dpn.core.keypoints import get_keypoint_spec
+from keras_dpn.data.augment import NumpyAugment, reject_loose_settings
 
 
 def _read_rgb(path):
@@ -61,9 +64,9 @@ class PersonCrops(keras.utils.PyDataset):
         input_size: ``(height, width)`` of the crops.
         heatmap_size: ``(height, width)`` of the targets.
         sigma: Gaussian sigma in heatmap pixels.
-        scale_factor, rotation_factor, rotation_prob, flip_prob, half_body_prob:
-            the augmentation (``PersonParser``'s defaults; ``half_body_prob``
-            None: 0.3, or 0 for MPII).
+        augment: training only: a :class:`~keras_dpn.data.AugmentConfig`,
+            True (the reference recipe, ``AugmentConfig()``) or None / False
+            (none).
         padding: box padding (1.25).
         shuffle: training only: a new order every epoch (False: annotation order).
         seed: seed of the shuffling and augmentation (epoch ``e`` and batch
@@ -73,9 +76,9 @@ class PersonCrops(keras.utils.PyDataset):
     """
 
     def __init__(self, annotation_file, image_dir, dataset="coco", training=True, batch_size=32,
-                 input_size=(256, 192), heatmap_size=(64, 48), sigma=2.0, scale_factor=0.3,
-                 rotation_factor=40.0, rotation_prob=0.6, flip_prob=0.5, half_body_prob=None,
+                 input_size=(256, 192), heatmap_size=(64, 48), sigma=2.0, augment=True,
                  padding=1.25, shuffle=True, seed=None, **kwargs):
+        reject_loose_settings(kwargs, "PersonCrops")
         super().__init__(**kwargs)
         from keras_dpn.data.coco import read_coco
         from keras_dpn.data.mpii import read_mpii
@@ -87,19 +90,10 @@ class PersonCrops(keras.utils.PyDataset):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-        for name, value in (("rotation_prob", rotation_prob), ("flip_prob", flip_prob)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value!r}")
-        if not 0 <= scale_factor < 1:
-            raise ValueError(
-                f"`scale_factor` must be in [0, 1). Received: scale_factor={scale_factor!r}")
-        if half_body_prob is None:
-            half_body_prob = 0.0 if self.spec.name == "mpii" else 0.3
+        # The augmentation's settings, its rule and its numpy draws.
+        self.augment = NumpyAugment(augment, self.spec, self.input_size)
         self.training = bool(training)
         self.batch_size = batch_size
-        self.scale_factor, self.rotation_factor = float(scale_factor), float(rotation_factor)
-        self.rotation_prob, self.flip_prob = float(rotation_prob), float(flip_prob)
-        self.half_body_prob = float(half_body_prob)
         self.padding = float(padding)
         self.shuffle = bool(shuffle)
         self.seed = 0 if seed is None else int(seed)
@@ -150,18 +144,16 @@ class PersonCrops(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"Batch index out of range. Received: index={index}")
         picked = self._order[index * self.batch_size:(index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
         images = {}
-        out = []
         for i in picked:
-            entry, person = self.people[i]
-            if entry["path"] not in images:
-                images[entry["path"]] = _read_rgb(entry["path"])
-            image = images[entry["path"]]
-            out.append(self._train_example(image, person, rng) if self.training
-                       else self._eval_example(image, entry, person))
+            path = self.people[i][0]["path"]
+            if path not in images:
+                images[path] = _read_rgb(path)
         if self.training:
-            return tuple(np.stack(parts) for parts in zip(*out))
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            return self._train_batch(images, picked, rng)
+        out = [self._eval_example(images[entry["path"]], entry, person)
+               for entry, person in (self.people[i] for i in picked)]
         crops = np.stack([c for c, _ in out])
         meta = {k: np.stack([m[k] for _, m in out]) for k in out[0][1]}
         return crops, meta
@@ -176,36 +168,20 @@ class PersonCrops(keras.utils.PyDataset):
                 "keypoints": np.asarray(person["keypoints"], np.float32)}
         return transforms.normalize_image(crop), meta
 
-    def _half_body(self, joints, visible, rng):
-        """The reference's half-body window, or None when it does not apply."""
-        upper = [j for j in self.spec.upper_body if visible[j]]
-        lower = [j for j in self.spec.lower_body if visible[j]]
-        take_upper = (rng.standard_normal() < 0.5 and len(upper) > 2) or len(lower) <= 2
-        chosen = upper if take_upper else lower
-        if len(chosen) < 2:
-            return None
-        pts = joints[chosen]
-        center = pts.mean(axis=0)
-        w, h = pts.max(axis=0) - pts.min(axis=0)
-        ar = self.aspect_ratio
-        w, h = (w, w / ar) if w > ar * h else (h * ar, h)
-        return center.astype(np.float32), np.array([w, h], np.float32) * 1.5
-
-    def _train_example(self, image, person, rng):
-        kp = np.asarray(person["keypoints"], np.float64)
-        joints, visible = kp[:, :2], np.minimum(kp[:, 2], 1.0)
-        center, scale = self._window(person)
-        if (self.half_body_prob > 0 and (visible > 0).sum() > 8
-                and rng.uniform() < self.half_body_prob):
-            window = self._half_body(joints, visible > 0, rng)
-            if window is not None:
-                center, scale = window
-        sf, rf = self.scale_factor, self.rotation_factor
-        scale = scale * np.clip(rng.standard_normal() * sf + 1.0, 1.0 - sf, 1.0 + sf)
-        rotation = (np.clip(rng.standard_normal() * rf, -2.0 * rf, 2.0 * rf)
-                    if rng.uniform() <= self.rotation_prob else 0.0)
-        flip = rng.uniform() < self.flip_prob
-        return self.transform(image, joints, visible, center, scale, rotation, flip)
+    def _train_batch(self, images, picked, rng):
+        """Augmented examples of the people ``picked``: one draw for the batch, then a warp each."""
+        people = [self.people[i] for i in picked]
+        kp = np.stack([np.asarray(person["keypoints"], np.float64) for _, person in people])
+        joints, visible = kp[..., :2], np.minimum(kp[..., 2], 1.0)
+        windows = [self._window(person) for _, person in people]
+        center = np.stack([c for c, _ in windows])
+        scale = np.stack([s for _, s in windows])
+        sample = self.augment.sample(self.augment.draws(rng, (len(people),)), joints, visible,
+                                     center, scale)
+        out = [self.transform(images[entry["path"]], joints[n], visible[n], sample.center[n],
+                              sample.scale[n], sample.rotation[n], sample.flip[n])
+               for n, (entry, _) in enumerate(people)]
+        return tuple(np.stack(parts) for parts in zip(*out))
 
     def transform(self, image, joints, visible, center, scale, rotation=0.0, flip=False):
         """Crop and targets of one person for given augmentation parameters.
@@ -223,21 +199,10 @@ class PersonCrops(keras.utils.PyDataset):
         Returns:
             ``(image (h, w, 3) float32 normalized, heatmaps (h', w', K), target_weight (K,))``.
         """
-        joints = np.asarray(joints, np.float64)
-        visible = np.asarray(visible, np.float64)
-        center = np.asarray(center, np.float64)
-        if flip:
-            width = image.shape[1]
-            mirrored = np.array([width - 1.0 - center[0], center[1]])
-            matrix = transforms.compose_affine(
-                transforms.get_affine_transform(mirrored, scale, rotation, self.input_size),
-                transforms.flip_matrix(width))
-            joints, visible = joints[self.spec.flip_index], visible[self.spec.flip_index]
-        else:
-            matrix = transforms.get_affine_transform(center, scale, rotation, self.input_size)
-        crop = cv2.warpAffine(image, matrix, (self.input_size[1], self.input_size[0]),
+        forward, _ = self.augment.matrices(center, scale, rotation, flip, image.shape[1])
+        joints, visible = self.augment.crop_joints(joints, visible, forward, flip)
+        crop = cv2.warpAffine(image, forward, (self.input_size[1], self.input_size[0]),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=0)
-        heatmaps, weight = self.codec.encode(transforms.affine_transform_points(joints, matrix),
-                                             visible)
+        heatmaps, weight = self.codec.encode(joints, visible)
         return transforms.normalize_image(crop), heatmaps, weight

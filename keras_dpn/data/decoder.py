@@ -38,7 +38,7 @@ import hashlib
 
 import numpy as np
 
-from keras_dpn._optional import tf_data as tf
+from keras_dpn.core.optional import tf_data as tf
 
 
 def _bytes(values):

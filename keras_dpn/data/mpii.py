@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_dpn.data.coco import first_bad, load_json, numbers
 from keras_dpn.data.shards import SkipCounter, build_from_reader
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core.keypoints import get_keypoint_spec
 
 PIXEL_STD = 200.0
 

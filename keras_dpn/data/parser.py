@@ -5,20 +5,13 @@ every person of an image:
 
 1. center/scale from the box (input aspect ratio, x1.25 padding) or, for
    MPII, from the annotation;
-2. half-body (probability 0.3 when more than 8 joints are labelled): the
-   window is replaced by one around the upper or the lower body joints
-   (x1.5); the upper body is taken when a standard normal draw is below 0.5
-   (probability 0.69), as the reference's ``np.random.randn() < 0.5`` does;
-3. scale ``s *= clip(N(1, 0.3), 0.7, 1.3)`` (the paper's +-30%);
-4. rotation ``clip(N(0, 40), -80, 80)`` degrees with probability 0.6 (the
-   paper's "+-40 degrees" is the reference's rotation factor 40, a standard
-   deviation clipped at twice that);
-5. horizontal flip with probability 0.5: the image flip ``x -> W - 1 - x`` is
-   folded into the crop matrix and left/right joints swap channels;
-6. **one** bilinear warp per person (crop, zoom, rotation and flip at once,
+2. the random half body, scale, rotation and flip of
+   :mod:`keras_dpn.data.augment` (the rule is written there once; this module
+   runs its TensorFlow executor, :class:`~keras_dpn.data.augment.TFAugment`);
+3. **one** bilinear warp per person (crop, zoom, rotation and flip at once,
    ``cv2.warpAffine`` on the uint8 image as the reference does), the joints
    moved by the same matrix, Gaussian targets from
-   :class:`keras_dpn.codec.HeatmapCodec`.
+   :class:`keras_dpn.core.codec.HeatmapCodec`.
 
 What differs from the reference is mostly the cost:
 
@@ -50,10 +43,11 @@ import time
 import cv2
 import numpy as np
 
-from keras_dpn import transforms
-from keras_dpn._optional import tf_data as tf
-from keras_dpn.codec import HeatmapCodec
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core import transforms
+from keras_dpn.core.optional import tf_data as tf
+from keras_dpn.core.codec import HeatmapCodec
+from keras_dpn.core.keypoints import get_keypoint_spec
+from keras_dpn.data.augment import TFAugment
 
 # libjpeg decodes at 1/1, 1/2, 1/4 or 1/8 of full size through its DCT.
 DCT_RATIOS = (1, 2, 4, 8)
@@ -255,13 +249,9 @@ class PersonParser:
         input_size: ``(height, width)`` of the crop.
         heatmap_size: ``(height, width)`` of the targets.
         sigma: Gaussian sigma in heatmap pixels.
-        scale_factor: scale augmentation (0.3: +-30%).
-        rotation_factor: rotation standard deviation in degrees (40).
-        rotation_prob: probability of rotating at all (0.6).
-        flip_prob: probability of a horizontal flip (0.5; 0 disables).
-        half_body_prob: probability of half-body crops (None: 0.3, or 0 for
-            MPII as in the reference configs).
-        half_body_min_joints: half-body needs more labelled joints than this.
+        augment: the training augmentation: a
+            :class:`~keras_dpn.data.augment.AugmentConfig`, True (the
+            reference recipe) or None / False (none).
         padding: box padding (1.25).
         use_joint_weights: multiply target weights by the spec's joint weights.
         unbiased_encoding: sub-pixel Gaussian centres (see the codec).
@@ -271,44 +261,20 @@ class PersonParser:
     """
 
     def __init__(self, dataset="coco", input_size=(256, 192), heatmap_size=(64, 48), sigma=2.0,
-                 scale_factor=0.3, rotation_factor=40.0, rotation_prob=0.6, flip_prob=0.5,
-                 half_body_prob=None, half_body_min_joints=8, padding=1.25,
-                 use_joint_weights=False, unbiased_encoding=False, dct_min_zoom=2.0):
+                 augment=True, padding=1.25, use_joint_weights=False, unbiased_encoding=False,
+                 dct_min_zoom=2.0):
         self.spec = get_keypoint_spec(dataset)
         self.codec = HeatmapCodec(input_size, heatmap_size, sigma, unbiased=unbiased_encoding)
         self.input_size = self.codec.input_size
         self.aspect_ratio = self.input_size[1] / self.input_size[0]
-        if not 0 <= scale_factor < 1:
-            raise ValueError(f"`scale_factor` must be in [0, 1). Received: scale_factor={scale_factor!r}")
-        for name, value in (("rotation_prob", rotation_prob), ("flip_prob", flip_prob)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value!r}")
-        if half_body_prob is None:
-            half_body_prob = 0.0 if self.spec.name == "mpii" else 0.3
-        if not 0 <= half_body_prob <= 1:
-            raise ValueError(f"`half_body_prob` must be in [0, 1]. "
-                             f"Received: half_body_prob={half_body_prob!r}")
-        if not rotation_factor >= 0:
-            raise ValueError(f"`rotation_factor` must be >= 0. Received: rotation_factor={rotation_factor!r}")
+        # The augmentation's settings, its rule and its TensorFlow draws.
+        self.augment = TFAugment(augment, self.spec, self.input_size)
         if not (np.isfinite(dct_min_zoom) and dct_min_zoom >= 0):
             raise ValueError(f"`dct_min_zoom` must be a finite number >= 0 (0: no DCT scaling). "
                              f"Received: dct_min_zoom={dct_min_zoom!r}")
-        self.scale_factor = float(scale_factor)
-        self.rotation_factor = float(rotation_factor)
-        self.rotation_prob = float(rotation_prob)
-        self.flip_prob = float(flip_prob)
-        self.half_body_prob = float(half_body_prob)
-        self.half_body_min_joints = int(half_body_min_joints)
         self.padding = float(padding)
         self.dct_min_zoom = float(dct_min_zoom)
         k = self.spec.num_keypoints
-        self._flip_index = tf.constant(self.spec.flip_index, tf.int32)
-        upper = np.zeros(k, bool)
-        upper[list(self.spec.upper_body)] = True
-        lower = np.zeros(k, bool)
-        lower[list(self.spec.lower_body)] = True
-        self._upper = tf.constant(upper)
-        self._lower = tf.constant(lower)
         self._joint_weights = tf.constant(self.spec.weights if use_joint_weights else np.ones(k),
                                           tf.float32)
         # (x / 255 - mean) / std as one multiply-add with crop-sized
@@ -328,59 +294,24 @@ class PersonParser:
         has = tf.cast(person["has_center"], tf.bool)[..., None]
         return tf.where(has, person["center"], c_box), tf.where(has, person["scale"], s_box)
 
-    def _half_body(self, joints, vis, take_upper_draw):
-        """Windows around the upper or lower body joints (the reference's rule)."""
-        visible = vis > 0
-        up = visible & self._upper
-        lo = visible & self._lower
-        n_up = tf.reduce_sum(tf.cast(up, tf.int32), -1)
-        n_lo = tf.reduce_sum(tf.cast(lo, tf.int32), -1)
-        # The reference tests np.random.randn() < 0.5: the upper body with
-        # probability Phi(0.5) = 0.69, when it has more than 2 joints.
-        take_upper = ((take_upper_draw < 0.5) & (n_up > 2)) | ~(n_lo > 2)
-        sel = tf.where(take_upper[..., None], up, lo)
-        n_sel = tf.reduce_sum(tf.cast(sel, tf.float32), -1)
-        w_sel = tf.cast(sel, tf.float32)[..., None]
-        mean = tf.reduce_sum(joints * w_sel, -2) / tf.maximum(n_sel, 1.0)[..., None]
-        big = 1e9
-        lo_pt = tf.reduce_min(tf.where(sel[..., None], joints, big), -2)
-        hi_pt = tf.reduce_max(tf.where(sel[..., None], joints, -big), -2)
-        w = hi_pt[..., 0] - lo_pt[..., 0]
-        h = hi_pt[..., 1] - lo_pt[..., 1]
-        ar = self.aspect_ratio
-        w2 = tf.where(w > ar * h, w, h * ar)
-        h2 = tf.where(w > ar * h, w / ar, h)
-        return mean, tf.stack([w2, h2], -1) * 1.5, n_sel >= 2
-
     # ------------------------------------------------------------------ train
-    def sample_augmentation(self, joints, vis, center, scale, seed):
+    def sample_augmentation(self, joints, vis, center, scale, seed, draws=None):
         """Draws the reference's random crop parameters, per person.
 
         Args:
             joints: ``(..., K, 2)`` image pixels; vis: ``(..., K)`` in {0, 1}.
             center, scale: ``(..., 2)`` windows from :meth:`center_scale`.
             seed: int ``(2,)`` stateless seed (one for all the people given).
+            draws: a :class:`~keras_dpn.data.augment.Draws` to use instead of
+                the seed's (tests feed both executors the same numbers).
 
         Returns:
             ``(center (..., 2), scale (..., 2), rotation_degrees (...), flip (...))``.
         """
-        shape = tf.shape(center)[:-1]
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
-        uni = lambda i: tf.random.stateless_uniform(shape, seeds[i])  # noqa: E731
-        normal = lambda i: tf.random.stateless_normal(shape, seeds[i])  # noqa: E731
-        if self.half_body_prob > 0:
-            n_vis = tf.reduce_sum(tf.cast(vis > 0, tf.int32), -1)
-            hb_center, hb_scale, hb_ok = self._half_body(joints, vis, normal(1))
-            use = ((n_vis > self.half_body_min_joints) & (uni(0) < self.half_body_prob)
-                   & hb_ok)[..., None]
-            center = tf.where(use, hb_center, center)
-            scale = tf.where(use, hb_scale, scale)
-        sf, rf = self.scale_factor, self.rotation_factor
-        scale = scale * tf.clip_by_value(normal(2) * sf + 1.0, 1.0 - sf, 1.0 + sf)[..., None]
-        rotation = tf.where(uni(3) <= self.rotation_prob,
-                            tf.clip_by_value(normal(4) * rf, -2.0 * rf, 2.0 * rf), 0.0)
-        flip = uni(5) < self.flip_prob
-        return center, scale, rotation, flip
+        if draws is None:
+            draws = self.augment.draws(seed, tf.shape(center)[:-1])
+        sample = self.augment.sample(draws, joints, vis, center, scale)
+        return sample.center, sample.scale, sample.rotation, sample.flip
 
     def crop_geometry(self, joints, vis, center, scale, rotation, flip, image_width):
         """Crop matrices and crop-space joints of people of one image.
@@ -396,25 +327,8 @@ class PersonParser:
             with left/right swapped where flipped; ``inverse`` maps crop
             pixels to image pixels.
         """
-        img_w = tf.cast(image_width, tf.float32)
-        flip = tf.cast(flip, tf.bool)
-        # The reference flips the image, mirrors the joints (x -> W - 1 - x),
-        # swaps left/right and mirrors the center; the crop matrix of the
-        # flipped image composed with the flip matrix does all of it in one warp.
-        center = tf.where(flip[..., None],
-                          tf.stack([img_w - 1.0 - center[..., 0], center[..., 1]], -1), center)
-        crop = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size)
-        crop_inv = transforms.get_affine_transform_tf(center, scale, rotation, self.input_size,
-                                                      inverse=True)
-        identity = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        pre = tf.where(flip[..., None, None], transforms.flip_matrix_tf(img_w), identity)
-        forward = transforms.compose_affine_tf(crop, pre)
-        inverse = transforms.compose_affine_tf(pre, crop_inv)  # the flip is its own inverse
-        joints = transforms.affine_transform_points_tf(joints, forward)
-        k = self.spec.num_keypoints
-        perm = tf.where(flip[..., None], self._flip_index, tf.range(k))
-        joints = tf.gather(joints, perm, batch_dims=perm.shape.rank - 1)
-        vis = tf.gather(vis, perm, batch_dims=perm.shape.rank - 1)
+        forward, inverse = self.augment.matrices(center, scale, rotation, flip, image_width)
+        joints, vis = self.augment.crop_joints(joints, vis, forward, flip)
         return joints, vis, inverse
 
     def normalize(self, crops):

@@ -15,6 +15,7 @@ people are un-batched after that, shuffled as uint8 crops, batched, and get
 their normalization and targets a batch at a time.
 """
 
+import dataclasses
 import glob
 import json
 import logging
@@ -24,12 +25,13 @@ import struct
 
 import numpy as np
 
-from keras_dpn._optional import tf_data as tf
+from keras_dpn.core.optional import tf_data as tf
+from keras_dpn.data.augment import reject_loose_settings, resolve_augment
 from keras_dpn.data.coco import load_json
 from keras_dpn.data.decoder import RECORD_PROBLEMS, decode_example, inspect_example
 from keras_dpn.data.parser import PersonParser
 from keras_dpn.data.shards import MANIFEST_SUFFIX, SHARD_RE
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core.keypoints import get_keypoint_spec
 
 logger = logging.getLogger("keras_dpn.data")
 
@@ -402,7 +404,7 @@ def load_detections(detections, image_ids=None, score_threshold=0.0, category_id
     if kept == 0:
         raise ValueError(f"{name}: no detection left of {len(rows)} (score >= {score_threshold}, "
                          f"category {category_id}): {counts}. Received: "
-                         f"det_score_threshold={score_threshold!r}")
+                         f"score_threshold={score_threshold!r}")
     if verbose:
         print(f"Detections {os.path.basename(os.fspath(name))}: kept {kept} of {len(rows)} boxes "
               f"on {len(out)} images; dropped {counts}.")
@@ -433,14 +435,79 @@ def _scan_image_ids(shards):
     return ids, people
 
 
+@dataclasses.dataclass(frozen=True)
+class Detections:
+    """Evaluation boxes from a COCO detection-results file, and which of them to keep.
+
+    ``build_dataset(..., detections="dets.json")`` is ``Detections("dets.json")``.
+
+    Args:
+        source: path of a json list of ``{"image_id", "bbox", "score",
+            "category_id"}`` results, or the list itself.
+        score_threshold: drop boxes scoring below.
+        category_id: keep boxes of this category (None: all).
+    """
+
+    source: object
+    score_threshold: float = 0.0
+    category_id: object = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """How :func:`build_dataset` reads and parallelizes: speed and memory, not results.
+
+    Args:
+        shuffle_buffer: people in the training shuffle buffer, held as uint8
+            crops (H x W x 3 bytes each: 75 MB for 512 at 256x192); 0 or 1:
+            no shuffling of people.
+        cycle_length: shards read at once (None: ``min(num_shards, 4)``).
+        num_parallel_calls: parallelism of the per-image decode and warp and
+            of the per-batch targets (default ``tf.data.AUTOTUNE``).
+        dct_min_zoom: decode a JPEG at 1/2, 1/4 or 1/8 size (libjpeg's DCT
+            scaling) when every crop of the image still reads at least this
+            many decoded pixels per crop pixel; 0 always decodes at full size
+            (see :func:`keras_dpn.data.parser.decode_window`). This one
+            changes the crops' pixels slightly (smoother).
+    """
+
+    shuffle_buffer: int = 512
+    cycle_length: object = None
+    num_parallel_calls: int = AUTOTUNE
+    dct_min_zoom: float = 2.0
+
+    def __post_init__(self):
+        for name, low in (("shuffle_buffer", 0), ("cycle_length", 1)):
+            value = getattr(self, name)
+            if value is None and name == "cycle_length":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
+        if not (isinstance(self.dct_min_zoom, (int, float)) and np.isfinite(self.dct_min_zoom)
+                and self.dct_min_zoom >= 0):
+            raise ValueError("`dct_min_zoom` must be a finite number >= 0 (0: no DCT scaling). "
+                             f"Received: dct_min_zoom={self.dct_min_zoom!r}")
+        n = self.num_parallel_calls
+        if isinstance(n, bool) or not isinstance(n, int) or (n < 1 and n != AUTOTUNE):
+            raise ValueError("`num_parallel_calls` must be a positive int or tf.data.AUTOTUNE. "
+                             f"Received: num_parallel_calls={n!r}")
+
+
+# Where the keyword arguments of the old signature went (one line names the new home).
+_MOVED = {"shuffle_buffer": "options=PipelineOptions(shuffle_buffer=...)",
+          "cycle_length": "options=PipelineOptions(cycle_length=...)",
+          "num_parallel_calls": "options=PipelineOptions(num_parallel_calls=...)",
+          "dct_min_zoom": "options=PipelineOptions(dct_min_zoom=...)",
+          "det_score_threshold": "detections=Detections(path, score_threshold=...)",
+          "det_category_id": "detections=Detections(path, category_id=...)"}
+
+
 def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
-                  input_size=(256, 192), heatmap_size=None, sigma=2.0, detections=None,
-                  det_score_threshold=0.0, det_category_id=1, deterministic=False, seed=None,
-                  shuffle_buffer=512, repeat=False, drop_remainder=None, cycle_length=None,
-                  num_parallel_calls=AUTOTUNE, input_context=None, scale_factor=0.3,
-                  rotation_factor=40.0, rotation_prob=0.6, flip_prob=0.5, half_body_prob=None,
-                  half_body_min_joints=8, use_joint_weights=False, unbiased_encoding=False,
-                  verbose=True, dct_min_zoom=2.0):
+                  input_size=(256, 192), heatmap_size=None, *, sigma=2.0,
+                  use_joint_weights=False, unbiased_encoding=False, augment=True,
+                  detections=None, seed=None, deterministic=False, repeat=False,
+                  drop_remainder=None, input_context=None, options=None, verbose=True,
+                  **moved):
     """Top-down pose batches from TFRecord shards.
 
     Training yields ``(images, heatmaps, target_weight)``:
@@ -451,10 +518,10 @@ def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
       whose Gaussian falls outside the heatmap.
 
     Keras reads the third element as ``sample_weight``, so
-    ``model.fit(ds)`` with ``keras_dpn.losses.JointsMSE`` weighs joints.
+    ``model.fit(ds)`` with ``keras_dpn.training.losses.JointsMSE`` weighs joints.
     Evaluation yields ``(images, meta)`` with meta ``image_id`` int64 (B,),
     ``center`` / ``scale`` float32 (B, 2) (crop window in image pixels, for
-    :meth:`keras_dpn.codec.HeatmapCodec.decode_to_image`), ``score`` float32
+    :meth:`keras_dpn.core.codec.HeatmapCodec.decode_to_image`), ``score`` float32
     (B,) (box score, 1.0 for ground-truth boxes), ``bbox`` float32 (B, 4),
     ``person_id`` int64 (B,) (annotation id, -1 for detections) and
     ``keypoints`` float32 (B, K, 3) (ground truth, zeros for detections).
@@ -470,29 +537,24 @@ def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
         heatmap_size: ``(height, width)`` of the targets; default a quarter
             of ``input_size`` (what every registered variant predicts).
         sigma: Gaussian sigma in heatmap pixels.
-        detections: evaluation boxes from a COCO detection-results json
-            (path or list); None uses the ground-truth boxes.
-        det_score_threshold: drop detections scoring below.
-        det_category_id: keep detections of this category (None: all).
-        deterministic: fixed element order (with ``seed``: reproducible).
+        use_joint_weights: multiply target weights by the keypoint set's
+            joint weights.
+        unbiased_encoding: sub-pixel Gaussian centres (see the codec).
+        augment: the training augmentation: a
+            :class:`~keras_dpn.data.AugmentConfig`, True (the HRNet reference
+            recipe, ``AugmentConfig()``) or None / False (none).
+        detections: evaluation boxes: a COCO detection-results json (path or
+            list) or a :class:`Detections` (score threshold, category); None
+            uses the ground-truth boxes.
         seed: seed of shuffling and augmentation.
-        shuffle_buffer: people in the shuffle buffer (training), held as uint8
-            crops (H x W x 3 bytes each: 75 MB for 512 at 256x192).
+        deterministic: fixed element order (with ``seed``: reproducible).
         repeat: repeat forever (training).
         drop_remainder: default True for training, False for evaluation.
-        cycle_length: shards read at once (default ``min(num_shards, 4)``).
-        num_parallel_calls: parallelism of the per-image decode and warp and of
-            the per-batch targets.
         input_context: ``tf.distribute.InputContext``: read only this
             pipeline's share of the shards.
-        scale_factor, rotation_factor, rotation_prob, flip_prob,
-        half_body_prob, half_body_min_joints, use_joint_weights,
-        unbiased_encoding: see :class:`keras_dpn.data.parser.PersonParser`.
+        options: :class:`PipelineOptions` (shuffle buffer, shards read at
+            once, parallelism, DCT-scaled decoding); None: the defaults.
         verbose: print detection counts.
-        dct_min_zoom: decode a JPEG at 1/2, 1/4 or 1/8 size (libjpeg's DCT
-            scaling) when every crop of the image still reads at least this
-            many decoded pixels per crop pixel; 0 always decodes at full size
-            (see :func:`keras_dpn.data.parser.decode_window`).
 
     Returns:
         ``tf.data.Dataset``; its cardinality is known when the shards have a
@@ -504,7 +566,22 @@ def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
     >>> images, heatmaps, weights = next(iter(ds))
     >>> images.shape, heatmaps.shape, weights.shape
     (TensorShape([8, 64, 48, 3]), TensorShape([8, 16, 12, 17]), TensorShape([8, 17]))
+    >>> from keras_dpn.data import AugmentConfig
+    >>> ds = build_dataset(pattern, batch_size=8, input_size=(64, 48), verbose=False,
+    ...                    augment=AugmentConfig(rotation_prob=0.0, flip_prob=0.0))
     """
+    reject_loose_settings(moved, "build_dataset")
+    for name, value in moved.items():
+        home = _MOVED.get(name)
+        if home is None:
+            raise TypeError(f"build_dataset() got an unexpected keyword argument {name!r}")
+        raise TypeError(f"build_dataset() takes `{name}` as {home}. Received: {name}={value!r}")
+    options = PipelineOptions() if options is None else options
+    if not isinstance(options, PipelineOptions):
+        raise ValueError("`options` must be a keras_dpn.data.PipelineOptions or None. "
+                         f"Received: options={options!r}")
+    if detections is not None and not isinstance(detections, Detections):
+        detections = Detections(detections)
     spec = get_keypoint_spec(dataset) if dataset is not None else (
         shard_keypoint_spec(file_pattern) or get_keypoint_spec("coco"))
     if heatmap_size is None:
@@ -517,18 +594,17 @@ def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
     if detections is not None and training:
         raise ValueError("`detections` are evaluation boxes; use them with training=False. "
                          f"Received: training={training!r}")
-    parser = PersonParser(spec, input_size, heatmap_size, sigma, scale_factor=scale_factor,
-                          rotation_factor=rotation_factor, rotation_prob=rotation_prob,
-                          flip_prob=flip_prob, half_body_prob=half_body_prob,
-                          half_body_min_joints=half_body_min_joints,
+    augment = resolve_augment(augment, spec)
+    parser = PersonParser(spec, input_size, heatmap_size, sigma, augment=augment,
                           use_joint_weights=use_joint_weights,
-                          unbiased_encoding=unbiased_encoding, dct_min_zoom=dct_min_zoom)
+                          unbiased_encoding=unbiased_encoding, dct_min_zoom=options.dct_min_zoom)
+    shuffle_buffer, num_parallel_calls = options.shuffle_buffer, options.num_parallel_calls
     shards = resolve_shards(file_pattern, spec.num_keypoints, spec.name)
     if drop_remainder is None:
         drop_remainder = bool(training)
     k = spec.num_keypoints
     records = read_records(shards, shuffle_files=training, seed=seed, deterministic=deterministic,
-                           cycle_length=cycle_length, input_context=input_context)
+                           cycle_length=options.cycle_length, input_context=input_context)
     records = records.map(lambda r: decode_example(r, k), num_parallel_calls=num_parallel_calls,
                           deterministic=deterministic)
     have_manifest = all(p is not None for p in shards.people)
@@ -569,8 +645,8 @@ def build_dataset(file_pattern, dataset=None, training=True, batch_size=32,
         else:
             ids = ([i for chunk in shards.image_ids for i in chunk] if have_manifest
                    else _scan_image_ids(shards)[0])
-            dets = load_detections(detections, ids, det_score_threshold, det_category_id,
-                                   verbose=verbose)
+            dets = load_detections(detections.source, ids, detections.score_threshold,
+                                   detections.category_id, verbose=verbose)
             people = _detection_people(records, dets, k)
             present = set(ids)
             total = sum(len(v[1]) for i, v in dets.items() if i in present)

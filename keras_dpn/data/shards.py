@@ -44,9 +44,9 @@ import time
 
 import numpy as np
 
-from keras_dpn import io_utils
-from keras_dpn._optional import tf_data as tf
-from keras_dpn.keypoints import get_keypoint_spec
+from keras_dpn.core import io_utils
+from keras_dpn.core.optional import tf_data as tf
+from keras_dpn.core.keypoints import get_keypoint_spec
 
 logger = logging.getLogger("keras_dpn.data")
 
@@ -142,7 +142,7 @@ def _is_jpeg(data):
     return data[:3] == b"\xff\xd8\xff"
 
 
-def _clean_person(person, height, width, skips, where):
+def clean_person(person, height, width, skips, where):
     """Clips the box to the image and checks it (the reference's ``clean_bbox``)."""
     kp = np.asarray(person["keypoints"], np.float32)
     x, y, w, h = (float(v) for v in person["bbox"])
@@ -357,7 +357,7 @@ def _write_shard_file(job):
                     for person in entry["people"]:
                         where = (f"{entry['filename']} (image id {entry['image_id']}, "
                                  f"person {person['id']})")
-                        cleaned = _clean_person(person, height, width, skips, where)
+                        cleaned = clean_person(person, height, width, skips, where)
                         if cleaned is not None:
                             people.append(cleaned)
                     if people or keep_empty:

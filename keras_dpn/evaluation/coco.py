@@ -51,8 +51,8 @@ import warnings
 import numpy as np
 
 from keras_dpn.evaluation.predict import check_finite
-from keras_dpn.io_utils import atomic_file, check_output_folder
-from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+from keras_dpn.core.io_utils import atomic_file, check_output_folder
+from keras_dpn.core.keypoints import COCO_17, get_keypoint_spec
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
@@ -216,7 +216,7 @@ class COCOEvaluator:
 
     Args:
         annotation_file: COCO keypoint annotation JSON (ground truth).
-        keypoint_spec: a :class:`~keras_dpn.keypoints.KeypointSpec` or its
+        keypoint_spec: a :class:`~keras_dpn.core.keypoints.KeypointSpec` or its
             name; its sigmas drive OKS-NMS and, when they differ from the
             COCO ones, pycocotools' OKS too.
         output_dir: where the results JSON goes (next to the training logs);

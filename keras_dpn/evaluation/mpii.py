@@ -32,7 +32,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from keras_dpn.evaluation.predict import check_finite
-from keras_dpn.io_utils import atomic_path
+from keras_dpn.core.io_utils import atomic_path
 
 SC_BIAS = 0.6
 # Joints left out of the mean, as in every published MPII table.
@@ -292,7 +292,7 @@ def evaluate_file(pred_file, gt_file, thresholds=(0.5, 0.1), one_based=True):
 
 
 def main(argv=None):
-    from keras_dpn._cli_errors import ArgumentParser  # one-line usage errors
+    from keras_dpn.core.errors import ArgumentParser  # one-line usage errors
     parser = ArgumentParser(
         prog="python -m keras_dpn.evaluation.mpii",
         description="MPII PCKh@0.5 and @0.1 of prediction files (.mat/.h5, key 'preds').")

@@ -10,7 +10,7 @@ COCO-style result per crop, ready for :class:`~keras_dpn.evaluation.COCOEvaluato
 Flip test (the reference's ``TEST.FLIP_TEST`` with ``SHIFT_HEATMAP``): the
 mirrored crops go through the model in the same batch as the crops, their
 heatmaps are mirrored back with the left/right channels swapped and shifted
-one pixel right (:func:`keras_dpn.codec.flip_back`), and the two heatmaps are
+one pixel right (:func:`keras_dpn.core.codec.flip_back`), and the two heatmaps are
 averaged before decoding.
 
 Non-finite predictions (NaN or infinite keypoints or box scores; NaN heatmaps
@@ -23,8 +23,8 @@ import weakref
 
 import numpy as np
 
-from keras_dpn.codec import HeatmapCodec, merge_flip
-from keras_dpn.keypoints import COCO_17, get_keypoint_spec
+from keras_dpn.core.codec import HeatmapCodec, merge_flip
+from keras_dpn.core.keypoints import COCO_17, get_keypoint_spec
 
 # One traced inference function per (model, flip settings): the evaluation
 # callback calls predict_coco every epoch and must not retrace each time.
@@ -36,7 +36,7 @@ class NonFinitePredictionError(ValueError):
 
     A ``ValueError``: evaluation refuses them instead of scoring them. During
     training, the evaluation callbacks turn it into
-    :class:`keras_dpn.training.TrainingDivergedError`.
+    :class:`keras_dpn.training.trainer.TrainingDivergedError`.
     """
 
 
@@ -84,7 +84,7 @@ def check_finite(image_ids, keypoints, scores=None, what="predictions", id_name=
 
 
 def codec_for_model(model, sigma=2.0):
-    """A :class:`~keras_dpn.codec.HeatmapCodec` matching the model's input and output sizes."""
+    """A :class:`~keras_dpn.core.codec.HeatmapCodec` matching the model's input and output sizes."""
     in_shape, out_shape = model.input_shape, model.output_shape
     if isinstance(out_shape, list):
         out_shape = out_shape[-1]
@@ -164,7 +164,7 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
             batches; ``meta`` is a dict with ``image_id (B,)``, ``center (B, 2)``
             and ``scale (B, 2)`` (crop size in pixels), optionally ``score (B,)``
             (box score; 1 for ground-truth boxes) and ``person_id (B,)``.
-        codec: the :class:`~keras_dpn.codec.HeatmapCodec`; by default one
+        codec: the :class:`~keras_dpn.core.codec.HeatmapCodec`; by default one
             built from the model's input and output sizes.
         keypoint_spec: keypoint set (flip pairs for the flip test).
         flip_test: average with the mirrored crops' flipped-back heatmaps.
@@ -186,12 +186,20 @@ def predict_keypoints(model, dataset, codec=None, keypoint_spec=COCO_17, flip_te
             whose keypoints or box scores are NaN or infinite; it names how
             many and their image ids.
 
-    Example (not run: the MPII validation set is a download; ``predict_coco`` runs the
-    same loop on the bundled sample):
+    Example, on the 5 people of the bundled MPII sample (an untrained tiny model: the
+    shapes, not the accuracy):
 
-    >>> out = predict_keypoints(model, mpii_val_ds, keypoint_spec="mpii")  # doctest: +SKIP
-    >>> out["keypoints"].shape  # doctest: +SKIP
-    (2958, 16, 3)
+    >>> import os, tempfile, keras_dpn
+    >>> from keras_dpn.data import build_dataset, build_mpii_shards
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = build_mpii_shards("sample_data/mpii/valid_sample.json", "sample_data/mpii/images",
+    ...                           os.path.join(d, "mpii"), 1, progress=False, verbose=False)
+    ...     ds = build_dataset(os.path.join(d, "mpii-*.tfrecord"), dataset="mpii",
+    ...                        training=False, batch_size=4, input_size=(64, 48), verbose=False)
+    ...     model = keras_dpn.DPN1_32(input_shape=(64, 48, 3), num_keypoints=16)
+    ...     out = predict_keypoints(model, ds, keypoint_spec="mpii", verbose=0)
+    >>> out["keypoints"].shape, out["person_id"].shape
+    ((5, 16, 3), (5,))
     """
     import keras
 

@@ -6,10 +6,14 @@
 ``weights``, ``head_initializer``, ``name``, ``dtype``).
 """
 
+from keras_dpn.core.optional import lazy_submodules as _lazy_submodules
 # Importing the family modules registers their variants.
 from keras_dpn.models import dpn, hrnet
 from keras_dpn.models.dpn import DPN
 from keras_dpn.models.registry import MODELS, ModelInfo, get_model, model_info, register_model
+
+# Other modules (``keras_dpn.models.analysis``) on first use.
+__getattr__ = _lazy_submodules(__name__)
 
 # Every registered constructor, by name (``keras_dpn.models.DPN4_32``, ...).
 globals().update(MODELS)

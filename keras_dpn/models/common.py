@@ -7,8 +7,8 @@ layer is built), and end in the same 1x1 heatmap head.
 
 import keras
 
-from keras_dpn.keypoints import validate_num_keypoints
-from keras_dpn.layers import BN_EPSILON, BN_MOMENTUM, DATA_FORMAT
+from keras_dpn.core.keypoints import validate_num_keypoints
+from keras_dpn.models.layers import BN_EPSILON, BN_MOMENTUM, DATA_FORMAT
 from keras_dpn.models.config import attach_builder_config
 
 # The HRNet reference draws the final layer's kernel from N(0, 0.001) with a
@@ -17,7 +17,7 @@ from keras_dpn.models.config import attach_builder_config
 REFERENCE_HEAD_STDDEV = 1e-3
 
 # Loading `weights` needs the registry, the download cache and presets, which
-# sit above the models; keras_dpn.pretrained plugs its functions in when the
+# sit above the models; keras_dpn.hub.pretrained plugs its functions in when the
 # package is imported, so that no module here imports upwards.
 _weights_loader = {}
 
@@ -25,17 +25,17 @@ _weights_loader = {}
 def set_weights_loader(validate, load):
     """Installs what checks (``validate(arch, weights)``) and loads ``weights``.
 
-    Called once by :mod:`keras_dpn.pretrained` (see
-    :func:`keras_dpn.pretrained.validate_weights_argument` and
-    :func:`keras_dpn.pretrained.load_weights` for the signatures).
+    Called once by :mod:`keras_dpn.hub.pretrained` (see
+    :func:`keras_dpn.hub.pretrained.validate_weights_argument` and
+    :func:`keras_dpn.hub.pretrained.load_weights` for the signatures).
     """
     _weights_loader.update(validate=validate, load=load)
 
 
 def _loader(step):
     if not _weights_loader:
-        # Unreachable through `import keras_dpn`, which imports keras_dpn.pretrained.
-        raise RuntimeError("Pretrained weights need keras_dpn.pretrained; import keras_dpn.")
+        # Unreachable through `import keras_dpn`, which imports keras_dpn.hub.pretrained.
+        raise RuntimeError("Pretrained weights need keras_dpn.hub.pretrained; import keras_dpn.")
     return _weights_loader[step]
 
 

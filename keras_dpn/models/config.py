@@ -113,7 +113,7 @@ def check_builder_config(source, arch, arguments, model_arch, model_config, rece
     if arch != model_arch:
         raise ValueError(
             f"The weights {source} belong to {arch}, not {model_arch}. Build "
-            f"keras_dpn.{arch}(...) instead, or use keras_dpn.presets.from_preset. "
+            f"keras_dpn.{arch}(...) instead, or use keras_dpn.hub.presets.from_preset. "
             f"Received: weights={received!r}")
     if model_config is None:
         return

@@ -19,7 +19,7 @@ head       x2 bilinear upsample, 1x1 conv -> K heatmaps at 64x48
 
 import keras
 
-from keras_dpn.layers import DATA_FORMAT, Bottleneck, DilationPyramidModule, dilation_rates
+from keras_dpn.models.layers import DATA_FORMAT, Bottleneck, DilationPyramidModule, dilation_rates
 from keras_dpn.models.common import check_arguments, conv_bn, finish, heatmap_head, model_input
 from keras_dpn.models.registry import register_model
 

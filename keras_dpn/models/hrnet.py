@@ -26,7 +26,7 @@ the head. The paper does not say where they sit; its +1.0 M parameters and
 
 import keras
 
-from keras_dpn.layers import (DATA_FORMAT, BasicBlock, Bottleneck, DilationPyramidModule,
+from keras_dpn.models.layers import (DATA_FORMAT, BasicBlock, Bottleneck, DilationPyramidModule,
                               dilation_rates)
 from keras_dpn.models.common import check_arguments, conv_bn, finish, heatmap_head, model_input
 from keras_dpn.models.registry import register_model
@@ -166,7 +166,7 @@ def DPN2_HRNet(num_keypoints=17, input_shape=(256, 192, 3), input_tensor=None,
 
     Args:
         dilation_schedule: of the two DPMs, see
-            :func:`keras_dpn.layers.dilation_rates`.
+            :func:`keras_dpn.models.layers.dilation_rates`.
         The others as :func:`HRNetW32`, except that with ``include_top=False``
         the model outputs the last DPM's feature map (256 channels at 1/8) and
         ``name`` defaults to ``"DPN2_HRNet"``.

@@ -1,6 +1,6 @@
 """Regenerates the two tiny "detectors" in this folder (TensorFlow + tf2onnx).
 
-They exist to test the plumbing of ``keras_dpn.detectors.ModelDetector``, not
+They exist to test the plumbing of ``keras_dpn.inference.detectors.ModelDetector``, not
 to find people: each looks at a 64x64 image through 49 fixed windows (16x16
 model pixels, stride 8, a 7x7 grid) and scores a window by how *red* it is
 (class 0, "person") and how *green* it is (class 1). A red rectangle that
@@ -16,7 +16,7 @@ output layouts:
     outputs ``boxes`` (1, 49, 4) in model-input pixels as cx, cy, w, h,
     ``scores`` (1, 49) best class score, ``classes`` (1, 49) best class id.
     The output order of a TFLite file is its converter's: read it with
-    ``keras_dpn.detectors.describe_model``.
+    ``keras_dpn.inference.detectors.describe_model``.
 
 Usage: ``python tests/data/detector/make_tiny_detector.py [OUT_DIR]`` (a few
 seconds; OUT_DIR defaults to this folder).
