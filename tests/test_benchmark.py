@@ -142,3 +142,35 @@ def test_unknown_option_is_one_line(capsys):
         cli.main(["benchmark", "DPN1_32", "--formts", "onnx"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--formts" in err
+
+
+def test_benchmark_of_a_preset_reuses_its_export(quick_run, tmp_path):
+    """A preset (what `keras-dpn publish` writes) benchmarks its own weights and files.
+
+    The preset holds the memorized model and the quick run's export folder: its Keras
+    row must score the quick run's Keras AP (the same weights, the same images), and its
+    int8 row must be the preset's own file (same size), not a new export.
+    """
+    import keras_dpn
+    from keras_dpn.hub.presets import save_preset
+
+    _, out, _ = quick_run
+    model = keras_dpn.DPN1_32(input_shape=(128, 96, 3))
+    model.load_weights(MEMORIZED)
+    preset = save_preset(model, tmp_path / "dpn1_32_sample", keypoints="coco",
+                         export_dir=str(out / "export"))
+    bench = tmp_path / "bench"
+    code = cli.main(["benchmark", str(preset.path), "--quick", "--max-images", "10",
+                     "--threads", "1", "--formats", "keras", "tflite_int8",
+                     "--output", str(bench)])
+    assert code == 0
+    with open(bench / "benchmark.json") as f:
+        rows = {r["format"]: r for r in json.load(f)["rows"]}
+    with open(out / "benchmark.json") as f:
+        first = {r["format"]: r for r in json.load(f)["rows"]}
+    assert sorted(rows) == ["keras", "tflite_int8"]
+    assert abs(rows["keras"]["AP"] - first["keras"]["AP"]) <= 1e-6
+    int8 = os.path.join(str(preset.path), "export", "model_int8.tflite")
+    assert rows["tflite_int8"]["size_bytes"] == os.stat(int8).st_size
+    assert abs(rows["tflite_int8"]["AP"] - first["tflite_int8"]["AP"]) <= 1e-6
+    assert not os.path.exists(bench / "export" / "model_int8.tflite")  # reused, not exported
