@@ -10,12 +10,16 @@ import importlib.util
 import os
 import sys
 
-if __name__ == "__main__":
+
+def build(dataset):
+    """Runs the shard builder's command line for ``dataset`` ("coco" or "mpii").
+
+    The command-line file alone, not `keras_dpn.data.cli`: importing the
+    package starts Keras and TensorFlow (seconds, log lines), which --help
+    and a bad argument do not need; cli.main imports keras_dpn after parsing.
+    find_spec locates the installed package without running its __init__.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The command-line file alone, not `keras_dpn.data.cli`: importing the
-    # package starts Keras and TensorFlow (seconds, log lines), which --help
-    # and a bad argument do not need; cli.main imports keras_dpn after parsing.
-    # find_spec locates the installed package without running its __init__.
     package = importlib.util.find_spec("keras_dpn")
     if package is None:
         sys.exit("error: keras-dpn is not installed; from the checkout run: "
@@ -24,4 +28,8 @@ if __name__ == "__main__":
     loader = importlib.util.spec_from_file_location("keras_dpn_build_cli", where)
     cli = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(cli)
-    sys.exit(cli.main("coco"))
+    return cli.main(dataset)
+
+
+if __name__ == "__main__":
+    sys.exit(build("coco"))

@@ -7,9 +7,7 @@ Imported on first use by ``keras_dpn``: applications that only predict never
 load the exporters.
 """
 
-from keras_dpn.core import optional as _optional
+from keras_dpn.core.optional import lazy_submodules as _lazy_submodules
 
-# Each module on first use (``keras_dpn.deploy.export``), as the package root does.
-__getattr__, _LAZY = _optional.lazy_exports(__name__, {
-    "export": ("export_model",), "export_eval": (), "calibration": (), "qat": ()})
-__all__ = _LAZY
+# Each module on first use (``keras_dpn.deploy.export``), as in every subpackage.
+__getattr__ = _lazy_submodules(__name__)
